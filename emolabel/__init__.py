@@ -1,0 +1,30 @@
+"""emolabel: label the emotion of text in bulk with a BERT encoder and a custom head.
+
+The public API is import-light: torch loads only when a model does.
+
+    >>> import emolabel
+    >>> labeler = emolabel.load()            # the shipped model, on the best device
+    >>> labeler.predict(["i feel wonderful today"])
+    ['joy']
+    >>> labeler.predict_proba(["i feel wonderful today"])   # (n, 6) float32, labeler.labels order
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from emolabel.inference import Labeler
+
+
+def load(model_dir: str | None = None, device: str = "auto", precision: str = "auto", **kwargs: Any) -> Labeler:
+    """Load a model folder (default: the shipped model) as a Labeler."""
+    from emolabel.config import default_model_dir
+    from emolabel.inference import Labeler
+
+    return Labeler(model_dir or default_model_dir(), device=device, precision=precision, **kwargs)
+
+
+__all__ = ["__version__", "load"]

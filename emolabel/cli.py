@@ -1,0 +1,254 @@
+"""The emolabel command line: parse options, call the library, render. No torch at import."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from emolabel import __version__
+from emolabel.errors import EmolabelError
+
+FORMATS = ["csv", "parquet", "jsonl"]
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM: stop, clean up, exit 128 + signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into an Interrupted exception on the main thread."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _fail(e: EmolabelError) -> click.ClickException:
+    return click.ClickException(str(e))
+
+
+def _stderr_console(quiet: bool) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, quiet=quiet, highlight=False)
+
+
+def _quiet_broken_pipe() -> None:
+    """`| head` closed stdout: end quietly, as Unix tools do (exit 141 = 128 + SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    sys.exit(141)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="emolabel")
+def cli() -> None:
+    """Label the emotion of text in bulk: CSV, Parquet or JSON Lines in, the same rows out with
+    an emotion label and six probabilities (sadness, joy, love, anger, fear, surprise).
+
+    \b
+    Examples:
+      emolabel tag input.csv -o out.parquet
+      cat posts.jsonl | emolabel tag - --input-format jsonl > labelled.jsonl
+      emolabel eval test.csv
+      emolabel finetune train.csv --validation validation.csv -o weights/my-model
+    """
+
+
+@cli.command()
+@click.argument("input", metavar="INPUT")
+@click.option("-o", "--output", default="-", show_default=True, help="Output file, or - for stdout.")
+@click.option("--input-format", type=click.Choice(FORMATS), help="Input format (default: from the file extension).")
+@click.option("--output-format", type=click.Choice(FORMATS), help="Output format (default: from the extension).")
+@click.option("--text-column", default="text", show_default=True, help="Column holding the text to label.")
+@click.option("--model", "model_dir", type=click.Path(), help="Model folder (default: the shipped model).")
+@click.option("--prefix", default="emotion", show_default=True, help="Name prefix of the added columns.")
+@click.option("--batch-size", type=click.IntRange(1), help="Most rows per model batch [1024 GPU, 64 CPU].")
+@click.option("--max-tokens", type=click.IntRange(2), help="Most padded tokens per batch [65536 GPU, 4096 CPU].")
+@click.option("--max-length", type=click.IntRange(2), help="Truncate texts to this many tokens [model's, 128].")
+@click.option("--chunk-rows", type=click.IntRange(1), help="Rows read, length-sorted and written at a time [65536 GPU, 8192 CPU].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]), default="auto",
+              show_default=True, help="auto is bf16 on a GPU, fp32 on the CPU; int8 is the quantized CPU path.")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads for the model [all cores].")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV/JSON Lines input, e.g. latin-1.")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="A malformed CSV row or JSON line: stop, or leave it out and report its line.")
+@click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no summary on stderr.")
+def tag(
+    input: str,
+    output: str,
+    input_format: str | None,
+    output_format: str | None,
+    text_column: str,
+    model_dir: str | None,
+    prefix: str,
+    batch_size: int | None,
+    max_tokens: int | None,
+    max_length: int | None,
+    chunk_rows: int | None,
+    device: str,
+    precision: str,
+    threads: int | None,
+    encoding: str,
+    on_error: str,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Label every row of INPUT (a file, or - for stdin) and write it with emotion columns.
+
+    Adds EMOTION (the label), EMOTION_score (its probability) and one EMOTION_<label>
+    probability per label, after the input's own columns, rows in input order. Rows with no
+    text get nulls. Formats come from the file extensions (.csv, .parquet, .jsonl/.ndjson,
+    optionally .gz for input); stdin is sniffed (Parquet magic, a leading '{' for JSON Lines,
+    else CSV) unless --input-format is given; stdout uses --output-format, else the input's
+    format. CSV columns are read as text, so they round-trip exactly.
+
+    \b
+    Examples:
+      emolabel tag input.csv -o out.parquet
+      emolabel tag posts.parquet -o posts.labelled.jsonl --text-column body
+      cat posts.jsonl | emolabel tag - --input-format jsonl > labelled.jsonl
+      emolabel tag big.csv -o - --output-format csv | head
+    """
+    from emolabel import tables
+
+    console = _stderr_console(quiet)
+    try:
+        in_fmt = tables.Format(input_format) if input_format else None
+        out_fmt = tables.Format(output_format) if output_format else None
+        if output != tables.STDIO and out_fmt is None:
+            out_fmt = tables.format_from_suffix(output)
+            if out_fmt is None:
+                raise click.UsageError(
+                    f"Cannot tell the output format from {output!r}; use a .csv, .parquet or .jsonl "
+                    "name or --output-format."
+                )
+        tables.check_output(output, input, overwrite)
+        if output == tables.STDIO and sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
+            raise click.UsageError("Refusing to write Parquet to a terminal; use -o FILE.")
+    except EmolabelError as e:
+        raise _fail(e) from None
+
+    writer = None
+    reader = None
+    try:
+        with _signals_raise():
+            from emolabel.inference import resolve_device
+
+            dev = resolve_device(device)
+            reader = tables.open_input(
+                input, in_fmt, chunk_rows=chunk_rows or (65536 if dev.type == "cuda" else 8192),
+                encoding=encoding, on_error=on_error,
+            )
+            if out_fmt is None:  # stdout: the input's format unless told
+                out_fmt = reader.format
+                if sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
+                    raise click.UsageError("Refusing to write Parquet to a terminal; pass --output-format.")
+            from emolabel import pipeline
+            from emolabel.config import ModelConfig, default_model_dir
+            from emolabel.inference import Labeler
+
+            pipeline.check_text_column(reader, text_column)  # before the model loads: fail fast
+            folder = Path(model_dir) if model_dir else default_model_dir()
+            labels = ModelConfig.load(folder).labels
+            schema = pipeline.check_columns(reader, text_column, labels, prefix)
+            labeler = Labeler(folder, device=device, precision=precision, batch_size=batch_size,
+                              max_tokens=max_tokens, max_length=max_length, threads=threads)
+            writer = tables.Writer(output, out_fmt, schema)
+            with _progress(console, reader.total_rows, quiet) as advance:
+                summary = pipeline.tag(reader, writer, labeler, text_column, prefix, advance)
+            writer.commit()
+            writer = None
+    except BrokenPipeError:
+        if writer is not None:
+            writer.abort()
+        _quiet_broken_pipe()
+    except Interrupted as e:
+        if writer is not None:
+            writer.abort()
+        where = "" if output == "-" else f" Nothing was written to {output}."
+        console.print(f"[bold red]Interrupted[/] ({e}).{where} Run the same command again to start over.")
+        sys.exit(128 + e.signum)
+    except EmolabelError as e:
+        if writer is not None:
+            writer.abort()
+        raise _fail(e) from None
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        if reader is not None:
+            reader.close()
+    _print_summary(console, summary, output)
+
+
+@contextmanager
+def _progress(console: Any, total: int | None, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+    """A Rich progress bar on stderr when it is a terminal; a no-op callback otherwise."""
+    if quiet or not console.is_terminal:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+        TimeElapsedColumn, TimeRemainingColumn,
+    )
+
+    columns: list[Any] = [TextColumn("tagging")]
+    if total:
+        columns += [BarColumn(), TaskProgressColumn()]
+    columns += [MofNCompleteColumn(), TextColumn("rows {task.speed:,.0f}/s" if total else "rows"),
+                TimeElapsedColumn()]
+    if total:
+        columns.append(TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("tag", total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def _print_summary(console: Any, s: Any, output: str) -> None:
+    target = "stdout" if output == "-" else output
+    labels = ", ".join(f"{k} {v:,}" for k, v in s.label_counts.most_common())
+    extra = [f"{s.empty:,} empty", f"{s.truncated:,} truncated"]
+    if s.skipped_lines:
+        shown = ", ".join(map(str, s.skipped_lines[:10]))
+        more = f" and {len(s.skipped_lines) - 10} more" if len(s.skipped_lines) > 10 else ""
+        extra.append(f"{len(s.skipped_lines)} malformed line(s) skipped: {shown}{more}")
+    console.print(
+        f"tagged {s.rows:,} rows in {s.seconds:.1f} s ({s.rows_per_s:,.0f} rows/s) -> {target}; "
+        f"{labels or 'no labels'}; {'; '.join(extra)}",
+        soft_wrap=True,
+    )
+
+
+def main() -> None:
+    cli(prog_name="emolabel")
+
+
+from emolabel.cli_train import eval_command, finetune  # noqa: E402 - registers the commands
+
+cli.add_command(finetune)
+cli.add_command(eval_command)

@@ -1,0 +1,112 @@
+"""Model and training configuration: dataclasses saved as JSON beside the weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emolabel.errors import ModelError
+
+# The CARER / dair-ai "emotion" label order (ids 0-5 in the dataset files).
+EMOTIONS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+
+CONFIG_NAME = "emolabel.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_NAME = "tokenizer.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild an encoder + head without the network."""
+
+    labels: list[str] = field(default_factory=lambda: list(EMOTIONS))  # id -> name
+    encoder: dict[str, Any] = field(default_factory=dict)  # the transformers config of the encoder
+    base: str = ""  # where the encoder weights came from (a folder or a hub id), for provenance
+    pooling: str = "cls"  # "cls": the [CLS] vector, as BERT was pre-trained for; "mean": masked mean
+    head_hidden: list[int] = field(default_factory=lambda: [256])  # dense layers before the output
+    dropout: float = 0.1  # before every dense layer of the head, as in BERT's own classifier
+    activation: str = "gelu"  # "gelu" or "relu"
+    max_length: int = 128  # tokens, [CLS] and [SEP] included; the emotion texts need < 90
+    pad_token_id: int = 0
+    normalization: str = "social-v1"  # text rewrite applied in finetune, eval and tag alike
+    temperature: float = 1.0  # softmax temperature fitted on the validation split (calibration)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("cls", "mean"):
+            raise ModelError(f"pooling must be 'cls' or 'mean', not {self.pooling!r}")
+        if self.activation not in ("gelu", "relu"):
+            raise ModelError(f"activation must be 'gelu' or 'relu', not {self.activation!r}")
+        if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
+            raise ModelError(f"labels must be at least two distinct names, got {self.labels}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    def save(self, folder: Path) -> None:
+        (folder / CONFIG_NAME).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, folder: Path) -> ModelConfig:
+        path = folder / CONFIG_NAME
+        if not folder.is_dir():
+            raise ModelError(f"Model folder {folder} does not exist.")
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ModelError(
+                f"{folder} is not an emolabel model folder: {CONFIG_NAME} is missing. "
+                "Train one with 'emolabel finetune' or pass --model with a model folder."
+            ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelError(f"{path} is not valid JSON ({e}).") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ModelError(f"{path} has unknown keys {sorted(unknown)}: written by a newer emolabel?")
+        if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise ModelError(f"{path} has format_version {data['format_version']}; upgrade emolabel.")
+        return cls(**data)
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of `emolabel finetune`; each default says why it was chosen."""
+
+    epochs: int = 8  # the emotion data keeps improving to ~6-8 epochs; early stopping ends sooner
+    batch_size: int = 32  # small batches generalise better on 16k rows; length-grouped so still fast
+    lr: float = 8e-5  # small encoders (MiniLM) want a higher rate than bert-base's 2e-5..5e-5
+    head_lr: float = 1e-3  # the head starts from random weights: let it move faster
+    layer_decay: float = 0.9  # layer-wise LR decay: lower layers hold general language, change less
+    weight_decay: float = 0.01
+    warmup: float = 0.06  # fraction of steps with linear warm-up, then linear decay to zero
+    label_smoothing: float = 0.0  # the labels are distant-supervised and noisy; try 0.05-0.1
+    max_grad_norm: float = 1.0
+    patience: int = 3  # epochs without a better validation macro-F1 before stopping
+    seed: int = 13
+    freeze_encoder: bool = False  # True: train only the head on frozen features
+
+
+DEFAULT_MODEL_NAME = "emotion-minilm"
+
+
+def default_model_dir() -> Path:
+    """The shipped model: $EMOLABEL_MODEL, else the copy installed with the package, else the
+    checkout's weights/ folder (an editable install)."""
+    import os
+
+    env = os.environ.get("EMOLABEL_MODEL")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "weights" / DEFAULT_MODEL_NAME, here.parent / "weights" / DEFAULT_MODEL_NAME):
+        if (candidate / CONFIG_NAME).exists():
+            return candidate
+    raise ModelError(
+        f"The default model {DEFAULT_MODEL_NAME} is not installed (looked in {here / 'weights'} and "
+        f"{here.parent / 'weights'}). Pass --model with a model folder, or set EMOLABEL_MODEL."
+    )

@@ -1,0 +1,210 @@
+"""Labeler: texts in, probabilities out, with length-sorted dynamic batches and order restored.
+
+Work is split in two so the pipeline can overlap them: `prepare()` (normalize, tokenize,
+plan and pad batches: numpy only, safe in a background thread; the Rust tokenizer releases
+the GIL) and `run()` (the model, on the calling thread).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from emolabel import model as model_lib
+from emolabel.config import TOKENIZER_NAME
+from emolabel.errors import EmolabelError, ModelError
+from emolabel.labels import softmax
+from emolabel.normalize import normalize
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' is the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise EmolabelError(f"Unknown --device {device!r}: use auto, cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EmolabelError(f"--device {device}: no CUDA GPU is visible to torch here. Use --device cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise EmolabelError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here.")
+    elif dev.type != "cpu":
+        raise EmolabelError(f"Unknown --device {device!r}: use auto, cpu, cuda or cuda:N.")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' is bf16 on a GPU that has it (fp16 otherwise) and fp32 on the CPU."""
+    if precision not in PRECISIONS:
+        raise EmolabelError(f"Unknown --precision {precision!r}: use {', '.join(PRECISIONS)}.")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision == "int8" and device.type != "cpu":
+        raise EmolabelError("--precision int8 is a CPU path; on a GPU use bf16 or fp16.")
+    return precision
+
+
+def load_tokenizer(folder: Path, max_length: int):  # -> tokenizers.Tokenizer
+    """The model folder's fast tokenizer, truncating to `max_length` tokens, never padding."""
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(folder / TOKENIZER_NAME))
+    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        raise ModelError(f"{folder / TOKENIZER_NAME} cannot be loaded ({e}).") from None
+    tok.no_padding()  # padding is per batch, to the batch's own longest row
+    tok.enable_truncation(max_length)
+    return tok
+
+
+@dataclass
+class Prepared:
+    """A chunk of texts ready for the model: padded batches in length order."""
+
+    n: int  # rows in the chunk, texts or not
+    rows: np.ndarray  # (n_valid,) chunk row of each model input, in batch order
+    batches: list[tuple[np.ndarray, np.ndarray]]  # (ids, mask), each (batch, its own max length)
+    truncated: int  # texts cut at max_length
+
+    @property
+    def empty(self) -> int:
+        return self.n - len(self.rows)
+
+
+class Labeler:
+    """A loaded model and its tokenizer, set up for one device and precision."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int | None = None,
+        max_tokens: int | None = None,
+        max_length: int | None = None,
+        threads: int | None = None,
+    ):
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        if threads:
+            torch.set_num_threads(threads)
+        self.model_dir = Path(model_dir)
+        self.model = model_lib.load(self.model_dir)
+        self.config = self.model.config
+        self.labels = list(self.config.labels)
+        if max_length is not None and max_length < 2:
+            raise EmolabelError("--max-length must be at least 2 (room for [CLS] and [SEP]).")
+        limit = getattr(self.model.encoder.config, "max_position_embeddings", 512)
+        self.max_length = min(max_length or self.config.max_length, limit)
+        self.tokenizer = load_tokenizer(self.model_dir, self.max_length)
+        gpu = self.device.type == "cuda"
+        # Rows per batch and padded tokens per batch. On the CPU, time grows with tokens and
+        # small batches keep caches warm; on a GPU, large batches keep the card busy.
+        self.batch_size = batch_size or (1024 if gpu else 64)
+        self.max_tokens = max_tokens or (65536 if gpu else 4096)
+        if self.batch_size < 1 or self.max_tokens < self.max_length:
+            raise EmolabelError(
+                f"--max-tokens ({self.max_tokens}) must be at least --max-length ({self.max_length}), "
+                "and --batch-size at least 1."
+            )
+        self._setup_model()
+
+    def _setup_model(self) -> None:
+        m = self.model
+        if self.precision == "int8":
+            m = torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)
+        elif self.precision in ("bf16", "fp16"):
+            m = m.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        self.model = m.to(self.device).eval()
+
+    # -- CPU side: safe to run in a background thread --------------------------------------
+
+    def prepare(self, texts: pa.Array | pa.ChunkedArray) -> Prepared:
+        """Normalize and tokenize a chunk; plan token-budget batches over length-sorted rows."""
+        if not pa.types.is_string(texts.type) and not pa.types.is_large_string(texts.type):
+            texts = pc.cast(texts, pa.string())  # numbers in a text column are read as their text
+        norm = normalize(texts, self.config.normalization)
+        keep = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(norm)), 0), False)
+        keep_np = np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)
+        valid = np.flatnonzero(keep_np)
+        strs = pc.filter(norm, keep).to_pylist()
+        encs = self.tokenizer.encode_batch_fast(strs) if strs else []
+        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+        truncated = sum(1 for e in encs if e.overflowing)
+        flat = np.fromiter((i for e in encs for i in e.ids), dtype=np.int64, count=int(lengths.sum()))
+        starts = np.zeros(len(encs), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        order = np.argsort(lengths, kind="stable")
+        batches = []
+        pad = self.config.pad_token_id
+        for sel in self._plan(lengths[order]):
+            idx = order[sel]
+            width = int(lengths[idx].max())
+            pos = np.arange(width)
+            mask = pos[None, :] < lengths[idx][:, None]  # (batch, width)
+            gather = np.minimum(starts[idx][:, None] + pos[None, :], max(len(flat) - 1, 0))
+            ids = np.where(mask, flat[gather], pad)
+            batches.append((ids, mask.astype(np.int64)))
+        return Prepared(len(texts), valid[order], batches, truncated)
+
+    def _plan(self, sorted_lengths: np.ndarray) -> list[slice]:
+        """Cut ascending lengths into batches of <= batch_size rows and <= max_tokens padded tokens."""
+        out = []
+        start = 0
+        n = len(sorted_lengths)
+        while start < n:
+            end = start + 1
+            while end < n and end - start < self.batch_size and (end - start + 1) * sorted_lengths[end] <= self.max_tokens:
+                end += 1
+            out.append(slice(start, end))
+            start = end
+        return out
+
+    # -- model side -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def logits(self, prepared: Prepared) -> np.ndarray:
+        """(n_valid, labels) float32 logits, in `prepared.rows` order."""
+        outs = []
+        gpu = self.device.type == "cuda"
+        for ids, mask in prepared.batches:
+            t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
+            if gpu:  # pinned host memory lets the copy overlap the previous batch's kernels
+                t_ids = t_ids.pin_memory().to(self.device, non_blocking=True)
+                t_mask = t_mask.pin_memory().to(self.device, non_blocking=True)
+            logits, _ = self.model(t_ids, t_mask)
+            outs.append(logits.float())
+        if not outs:
+            return np.zeros((0, len(self.labels)), np.float32)
+        return torch.cat(outs).cpu().numpy()  # one device sync per chunk
+
+    def run(self, prepared: Prepared) -> np.ndarray:
+        """(n, labels) probabilities in chunk order; rows with no text are NaN."""
+        probs = np.full((prepared.n, len(self.labels)), np.nan, dtype=np.float32)
+        probs[prepared.rows] = softmax(self.logits(prepared), self.config.temperature)
+        return probs
+
+    def predict_proba(self, texts: list[str | None]) -> np.ndarray:
+        """Probabilities for a list of texts: (len(texts), labels), NaN rows where there is no text."""
+        return self.run(self.prepare(pa.array(texts, type=pa.string())))
+
+    def predict(self, texts: list[str | None]) -> list[str | None]:
+        """The most likely label of each text (None where there is no text)."""
+        probs = self.predict_proba(texts)
+        return [None if np.isnan(p[0]) else self.labels[int(p.argmax())] for p in probs]
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

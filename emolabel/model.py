@@ -1,0 +1,155 @@
+"""A BERT-family encoder plus emolabel's classification head; save() and load() a model folder.
+
+A model folder holds `emolabel.json` (ModelConfig, with the encoder's own config inside),
+`model.safetensors` (encoder and head weights together) and `tokenizer.json`: it loads with
+no network and no other file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from emolabel.config import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME, ModelConfig
+from emolabel.errors import ModelError
+
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def _build_encoder(encoder_config: dict) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+
+    cfg = dict(encoder_config)
+    model_type = cfg.pop("model_type", None)
+    if not model_type:
+        raise ModelError("The model config names no encoder model_type.")
+    config = AutoConfig.for_model(model_type, **cfg)
+    try:
+        return AutoModel.from_config(config, add_pooling_layer=False)  # our head does the pooling
+    except TypeError:  # encoders without BERT's pooler (DistilBERT, ...)
+        return AutoModel.from_config(config)
+
+
+class Head(nn.Module):
+    """Dense layers with dropout and GELU/ReLU, then a linear layer to the labels."""
+
+    def __init__(self, in_dim: int, hidden: list[int], n_labels: int, dropout: float, activation: str):
+        super().__init__()
+        act = nn.GELU if activation == "gelu" else nn.ReLU
+        layers: list[nn.Module] = []
+        for h in hidden:
+            layers += [nn.Dropout(dropout), nn.Linear(in_dim, h), act()]
+            in_dim = h
+        layers += [nn.Dropout(dropout), nn.Linear(in_dim, n_labels)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.net(pooled)
+
+
+class EmotionClassifier(nn.Module):
+    """Encoder -> pooled vector -> Head -> logits (softmax is applied in labels.py)."""
+
+    def __init__(self, config: ModelConfig, encoder: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder if encoder is not None else _build_encoder(config.encoder)
+        hidden_size = self.encoder.config.hidden_size
+        self.head = Head(hidden_size, config.head_hidden, len(config.labels), config.dropout, config.activation)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.config.pooling == "cls":
+            pooled = hidden[:, 0]  # (batch, hidden): the [CLS] vector
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (batch, hidden): masked mean
+        logits = self.head(pooled)  # (batch, n_labels)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        return logits, loss
+
+
+def save(model: EmotionClassifier, tokenizer_json: str, folder: Path, dtype: torch.dtype = torch.float32) -> None:
+    """Write config, weights (in `dtype`) and tokenizer into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "emolabel": "1"})
+    (folder / TOKENIZER_NAME).write_text(tokenizer_json)
+    model.config.save(folder)
+
+
+def load(folder: str | Path, device: str | torch.device = "cpu") -> EmotionClassifier:
+    """Rebuild a model from its folder; any missing or mismatched weight is an error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"Model folder {folder} does not exist.")
+    config = ModelConfig.load(folder)
+    weights = folder / WEIGHTS_NAME
+    if not weights.exists():
+        raise ModelError(f"{folder} has no {WEIGHTS_NAME}: the model folder is incomplete.")
+    if not (folder / TOKENIZER_NAME).exists():
+        raise ModelError(f"{folder} has no {TOKENIZER_NAME}: the model folder is incomplete.")
+    model = EmotionClassifier(config)
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise ModelError(f"{weights} cannot be read ({e}).") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"wrong shape for {len(wrong)} (e.g. {k}: {tuple(state[k].shape)} "
+                         f"in the file, {tuple(expected[k].shape)} in {CONFIG_NAME})")
+        raise ModelError(f"{weights} does not match {CONFIG_NAME}: weights " + "; ".join(parts) + ".")
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model.to(device)
+
+
+def random_model(
+    folder: Path,
+    tokenizer_json: str,
+    *,
+    vocab_size: int,
+    hidden: int = 384,
+    layers: int = 6,
+    heads: int = 12,
+    intermediate: int | None = None,
+    labels: list[str] | None = None,
+    seed: int = 0,
+    **options: object,
+) -> EmotionClassifier:
+    """A random-init BERT + head of a given shape, saved as a model folder (tests and benchmarks)."""
+    from transformers import BertConfig
+
+    torch.manual_seed(seed)
+    enc = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=heads, intermediate_size=intermediate or 4 * hidden,
+                     max_position_embeddings=512)
+    config = ModelConfig(encoder=enc.to_diff_dict() | {"model_type": "bert"}, base="random-init",
+                         **({"labels": labels} if labels else {}), **options)  # type: ignore[arg-type]
+    model = EmotionClassifier(config)
+    save(model, tokenizer_json, folder)
+    return model

@@ -1,0 +1,189 @@
+"""tag(): read -> prepare (tokenize) -> model -> label columns -> write, overlapped in threads.
+
+Reading and tokenizing run in a background thread, the model on the calling thread, and
+writing in another background thread, so on a GPU the card is not idle while Python parses
+CSV or compresses Parquet. Every input row comes out, in input order.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+
+from emolabel.errors import InputError, OutputError
+from emolabel.inference import Labeler, Prepared
+from emolabel.labels import append_columns, column_names, output_schema
+from emolabel.tables import Reader, Writer
+
+T = TypeVar("T")
+_DONE = object()
+
+
+@dataclass
+class Summary:
+    rows: int = 0
+    empty: int = 0  # rows with no text: null label and probabilities
+    truncated: int = 0  # texts longer than --max-length, cut
+    seconds: float = 0.0
+    label_counts: Counter = field(default_factory=Counter)
+    skipped_lines: list[int] = field(default_factory=list)  # --on-error skip
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def check_text_column(reader: Reader, text_column: str) -> None:
+    names = reader.schema.names
+    if text_column not in names:
+        raise InputError(
+            f"Column {text_column!r} not found in {reader.name}. Available columns: "
+            f"{', '.join(names)}. Use --text-column to choose."
+        )
+
+
+def check_columns(reader: Reader, text_column: str, labels: list[str], prefix: str) -> pa.Schema:
+    """Fail before any work if the text column is missing or a new column would clash."""
+    check_text_column(reader, text_column)
+    names = reader.schema.names
+    clash = [c for c in column_names(labels, prefix) if c in names]
+    if clash:
+        raise InputError(
+            f"{reader.name} already has column(s) {', '.join(clash)}, which tag would add. "
+            "Use --prefix to name the new columns differently (e.g. --prefix predicted)."
+        )
+    return output_schema(reader.schema, labels, prefix)
+
+
+def tag(
+    reader: Reader,
+    writer: Writer,
+    labeler: Labeler,
+    text_column: str,
+    prefix: str,
+    progress: Callable[[int], None] | None = None,
+) -> Summary:
+    """Label every row of `reader` into `writer` (not committed here); returns counts."""
+    schema = check_columns(reader, text_column, labeler.labels, prefix)
+    summary = Summary()
+    start = time.perf_counter()
+    counts = np.zeros(len(labeler.labels), dtype=np.int64)
+
+    def prepared() -> Iterator[tuple[pa.RecordBatch, Prepared]]:
+        for batch in reader:
+            yield batch, labeler.prepare(batch.column(text_column))
+
+    with _BackgroundWriter(writer) as out:
+        for batch, prep in _background(prepared(), depth=2):
+            probs = labeler.run(prep)
+            out.submit(append_columns(batch, probs, labeler.labels, schema))
+            summary.rows += batch.num_rows
+            summary.empty += prep.empty
+            summary.truncated += prep.truncated
+            valid = probs[~np.isnan(probs[:, 0])]
+            counts += np.bincount(valid.argmax(axis=1), minlength=len(counts))
+            if progress is not None:
+                progress(batch.num_rows)
+    summary.seconds = time.perf_counter() - start
+    summary.label_counts = Counter({name: int(c) for name, c in zip(labeler.labels, counts) if c})
+    summary.skipped_lines = list(reader.skipped)
+    return summary
+
+
+def _background(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Run an iterator in a daemon thread, `depth` items ahead; its exceptions re-raise here."""
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, _DONE))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put((False, e))
+
+    thread = threading.Thread(target=work, name="emolabel-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                ok, item = q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if not ok:
+                raise item
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+class _BackgroundWriter:
+    """Writes submitted batches in order on a daemon thread; errors surface on the next call."""
+
+    def __init__(self, writer: Writer):
+        self.writer = writer
+        self.q: queue.Queue = queue.Queue(2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, name="emolabel-write", daemon=True)
+
+    def __enter__(self) -> _BackgroundWriter:
+        self.thread.start()
+        return self
+
+    def _work(self) -> None:
+        while True:
+            batch = self.q.get()
+            if batch is _DONE or self.error is not None:
+                return
+            try:
+                self.writer.write(batch)
+            except BaseException as e:  # noqa: BLE001 - raised on the main thread
+                self.error = e
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, batch: pa.RecordBatch) -> None:
+        self._check()
+        while True:
+            try:
+                self.q.put(batch, timeout=0.1)
+                return
+            except queue.Full:
+                self._check()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.error = self.error or OutputError("stopped")
+            try:
+                self.q.put_nowait(_DONE)
+            except queue.Full:
+                pass
+            self.thread.join(timeout=5)  # let a write in progress end before the file is dropped
+            return
+        self.q.put(_DONE)
+        while self.thread.is_alive():
+            self.thread.join(timeout=0.1)
+        self._check()

@@ -1,0 +1,509 @@
+"""Table formats: detection, streaming readers and incremental, atomic writers.
+
+Readers yield pyarrow RecordBatches of about `chunk_rows` rows, so memory stays flat whatever
+the input size. Writers write to a temporary file beside the target and rename it into place
+only on success: a failed or interrupted run never leaves a partial file at the target path.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from emolabel.errors import InputError, OutputError
+
+STDIO = "-"
+
+
+class Format(str, Enum):
+    CSV = "csv"
+    PARQUET = "parquet"
+    JSONL = "jsonl"
+
+
+SUFFIXES = {
+    ".csv": Format.CSV,
+    ".parquet": Format.PARQUET,
+    ".pq": Format.PARQUET,
+    ".jsonl": Format.JSONL,
+    ".ndjson": Format.JSONL,
+    ".json": Format.JSONL,
+}
+FORMAT_NAMES = [f.value for f in Format]
+
+
+def format_from_suffix(path: str) -> Format | None:
+    """The format a file name implies (`x.csv`, `x.csv.gz`, ...), or None."""
+    p = Path(path)
+    suffixes = [s.lower() for s in p.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return SUFFIXES.get(suffixes[-1]) if suffixes else None
+
+
+def sniff_format(head: bytes) -> Format:
+    """Tell a stream's format from its first bytes: Parquet's magic, a '{' for JSON Lines, else CSV."""
+    if head.startswith(b"PAR1"):
+        return Format.PARQUET
+    if head.startswith(codecs.BOM_UTF8):
+        head = head[len(codecs.BOM_UTF8) :]
+    if head.lstrip()[:1] == b"{":
+        return Format.JSONL
+    return Format.CSV
+
+
+def display_name(path: str) -> str:
+    return "<stdin>" if path == STDIO else path
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class Reader:
+    """A streaming table: its schema is known before the first batch is read."""
+
+    name: str  # the file name or <stdin>, for messages
+    format: Format
+    schema: pa.Schema
+    total_rows: int | None  # known up front for Parquet only
+    batches: Iterator[pa.RecordBatch]
+    skipped: list[int] = field(default_factory=list)  # line numbers dropped by --on-error skip
+    _closers: list[Any] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        return self.batches
+
+    def close(self) -> None:
+        for c in self._closers:
+            try:
+                c()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+
+def open_input(
+    path: str,
+    fmt: Format | None = None,
+    *,
+    chunk_rows: int = 16384,
+    encoding: str = "utf-8",
+    on_error: str = "fail",
+) -> Reader:
+    """Open `path` (or '-' for stdin) as a stream of record batches; errors name the file."""
+    name = display_name(path)
+    if path == STDIO:
+        raw: IO[bytes] = sys.stdin.buffer
+    else:
+        p = Path(path)
+        if p.is_dir():
+            raise InputError(f"{path} is a folder; give a file (CSV, Parquet or JSON Lines).")
+        try:
+            raw = open(p, "rb")  # noqa: SIM115 - closed by the Reader
+        except FileNotFoundError:
+            raise InputError(f"Input file {path} does not exist.") from None
+        except PermissionError:
+            raise InputError(f"Input file {path} cannot be read: permission denied.") from None
+    if path != STDIO and path.lower().endswith(".gz"):
+        raw = gzip.open(raw, "rb")  # type: ignore[assignment]
+    stream = io.BufferedReader(raw, buffer_size=1 << 20) if not hasattr(raw, "peek") else raw
+    if fmt is None:
+        fmt = format_from_suffix(path) if path != STDIO else None
+        if fmt is None:
+            head = stream.peek(4096)[:4096]  # type: ignore[union-attr]
+            if path != STDIO:
+                raise InputError(
+                    f"Cannot tell the format of {path} from its name; "
+                    f"use --input-format ({', '.join(FORMAT_NAMES)})."
+                )
+            fmt = sniff_format(head)
+    try:
+        if fmt is Format.PARQUET:
+            reader = _open_parquet(path, stream, chunk_rows)
+        elif fmt is Format.CSV:
+            reader = _open_csv(name, stream, chunk_rows, encoding, on_error)
+        else:
+            reader = _open_jsonl(name, stream, chunk_rows, encoding, on_error)
+    except BaseException:
+        raw.close()
+        raise
+    reader._closers.append(raw.close)
+    return reader
+
+
+def _open_parquet(path: str, stream: IO[bytes], chunk_rows: int) -> Reader:
+    closers = []
+    name = display_name(path)
+    if path == STDIO:
+        # Parquet keeps its index at the end of the file: spool stdin to disk (not memory).
+        spool = tempfile.NamedTemporaryFile(prefix="emolabel-stdin-", suffix=".parquet")  # noqa: SIM115
+        shutil.copyfileobj(stream, spool, 1 << 20)
+        spool.flush()
+        source: Any = spool.name
+        closers.append(spool.close)
+    else:
+        source = path
+    try:
+        pf = pq.ParquetFile(source)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{name} is not a readable Parquet file ({_short(e)}).") from None
+    closers.append(pf.close)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            yield from pf.iter_batches(batch_size=chunk_rows)
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"{name}: Parquet data is corrupt or truncated ({_short(e)}).") from None
+
+    return Reader(name, Format.PARQUET, pf.schema_arrow, pf.metadata.num_rows, batches(), _closers=closers)
+
+
+class _Prefixed(io.RawIOBase):
+    """A byte stream that replays `prefix` and then continues with `rest`."""
+
+    def __init__(self, prefix: bytes, rest: IO[bytes]):
+        self._prefix = prefix
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._prefix:
+            n = min(len(b), len(self._prefix))
+            b[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        data = self._rest.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+def _decode_or_fail(data: bytes, encoding: str, name: str, where: str) -> str:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{name}, {where}: byte {data[e.start:e.start + 1]!r} is not valid {encoding}. "
+            "If the file is Latin-1 or Windows-1252, pass --encoding latin-1 (or cp1252)."
+        ) from None
+    except LookupError:
+        raise InputError(f"Unknown --encoding {encoding!r}.") from None
+
+
+def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_error: str) -> Reader:
+    # Read the header ourselves: every column is then read as a string, so values round-trip
+    # exactly and a column cannot fail half-way through a file on a type change.
+    header = stream.readline()
+    while header.count(b'"') % 2 and (more := stream.readline()):  # a quoted newline in the header
+        header += more
+    if header.startswith(codecs.BOM_UTF8):
+        header = header[len(codecs.BOM_UTF8) :]
+    if not header.strip():
+        raise InputError(f"{name} is empty: expected a CSV header row with column names.")
+    names = next(csv.reader([_decode_or_fail(header, encoding, name, "line 1 (the header)")]))
+    _check_unique(names, name)
+
+    invalid: list[Any] = []
+    skipped: list[int] = []
+
+    def on_invalid(row: Any) -> str:
+        if on_error == "skip":
+            skipped.append(row.number)
+            return "skip"
+        invalid.append(row)
+        return "error"
+
+    read_opts = pa_csv.ReadOptions(block_size=1 << 20, encoding=encoding, use_threads=False)
+    parse_opts = pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid)
+    convert_opts = pa_csv.ConvertOptions(
+        column_types={n: pa.string() for n in names},
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+    )
+
+    def explain(e: Exception) -> InputError:
+        msg = _short(e)
+        if invalid:
+            row = invalid[-1]
+            where = f"line {row.number}" if row.number is not None else "a row"
+            return InputError(
+                f"{name}, {where}: expected {row.expected_columns} columns, found {row.actual_columns} "
+                f"({row.text[:80]!r}). Fix the row, quote fields that contain commas, "
+                "or pass --on-error skip to leave such rows out."
+            )
+        if "UTF8" in msg or "UTF-8" in msg:
+            return InputError(
+                f"{name} is not valid {encoding}. If it is Latin-1 or Windows-1252, "
+                "pass --encoding latin-1 (or cp1252)."
+            )
+        return InputError(f"{name} cannot be parsed as CSV: {msg}")
+
+    try:
+        reader = pa_csv.open_csv(
+            io.BufferedReader(_Prefixed(header, stream), 1 << 20),
+            read_options=read_opts,
+            parse_options=parse_opts,
+            convert_options=convert_opts,
+        )
+    except pa.ArrowException as e:
+        raise explain(e) from None
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except pa.ArrowException as e:
+                raise explain(e) from None
+            yield batch
+
+    out = Reader(name, Format.CSV, reader.schema, None, rechunk(batches(), chunk_rows), skipped)
+    out._closers.append(reader.close)
+    return out
+
+
+def _check_unique(names: list[str], name: str) -> None:
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names, 1):
+        if n in seen:
+            raise InputError(
+                f"{name}: column name {n!r} appears twice (columns {seen[n]} and {i}). "
+                "Rename one so every column has its own name."
+            )
+        seen[n] = i
+
+
+def _open_jsonl(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_error: str) -> Reader:
+    skipped: list[int] = []
+    lines = enumerate(stream, 1)
+
+    def parse_chunk() -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for lineno, raw in lines:
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            if not raw.strip():
+                continue  # blank lines are not rows
+            try:
+                obj = json.loads(_decode_or_fail(raw, encoding, name, f"line {lineno}"))
+                if not isinstance(obj, dict):
+                    kind = type(obj).__name__
+                    raise InputError(
+                        f"{name}, line {lineno}: expected a JSON object per line, found a {kind}. "
+                        "emolabel reads JSON Lines: one {...} object on each line."
+                    )
+            except (json.JSONDecodeError, InputError) as e:
+                if on_error == "skip":
+                    skipped.append(lineno)
+                    continue
+                if isinstance(e, InputError):
+                    raise
+                raise InputError(
+                    f"{name}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}). "
+                    "Fix the line, or pass --on-error skip to leave broken lines out."
+                ) from None
+            rows.append(obj)
+            if len(rows) >= chunk_rows:
+                break
+        return rows
+
+    first = parse_chunk()
+    keys: dict[str, None] = {}
+    for row in first:
+        keys.update(dict.fromkeys(row))
+    if not keys:
+        if not skipped:
+            raise InputError(f"{name} is empty: expected JSON Lines, one object per line.")
+        raise InputError(f"{name}: no line could be read (skipped lines {_lines(skipped)}).")
+    fields = []
+    for k in keys:
+        arr = _json_column([r.get(k) for r in first], None, name, k)
+        fields.append(pa.field(k, pa.string() if pa.types.is_null(arr.type) else arr.type))
+    schema = pa.schema(fields)
+
+    def to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+        for r in rows:
+            extra = r.keys() - keys
+            if extra:
+                raise InputError(
+                    f"{name}: a row has field(s) {sorted(extra)} that the first {len(first)} rows "
+                    f"do not have; emolabel keeps one set of columns per file."
+                )
+        cols = [_json_column([r.get(f.name) for r in rows], f.type, name, f.name) for f in schema]
+        return pa.RecordBatch.from_arrays(cols, schema=schema)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        rows = first
+        while rows:
+            yield to_batch(rows)
+            rows = parse_chunk()
+
+    return Reader(name, Format.JSONL, schema, None, batches(), skipped)
+
+
+def _json_column(values: list[Any], typ: pa.DataType | None, name: str, col: str) -> pa.Array:
+    try:
+        return pa.array(values, type=typ)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        if typ is None or pa.types.is_string(typ):
+            # Mixed types in one field: keep every value, as its JSON text.
+            return pa.array(
+                [v if isinstance(v, str) or v is None else json.dumps(v) for v in values], pa.string()
+            )
+        raise InputError(
+            f"{name}: field {col!r} changes type part-way through the file (it was {typ} at first). "
+            "Make the field one type, or read it as text by quoting its values."
+        ) from None
+
+
+def _lines(numbers: list[int], limit: int = 10) -> str:
+    shown = ", ".join(map(str, numbers[:limit]))
+    return shown + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
+
+
+def rechunk(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """Regroup record batches into batches of `rows` rows (the last may be shorter)."""
+    pending: list[pa.RecordBatch] = []
+    n = 0
+    for b in batches:
+        pending.append(b)
+        n += b.num_rows
+        while n >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows).combine_chunks().to_batches()[0] if rows else b
+            rest = table.slice(rows)
+            pending = rest.combine_chunks().to_batches() if rest.num_rows else []
+            n = rest.num_rows
+    if n:
+        t = pa.Table.from_batches(pending).combine_chunks()
+        yield from t.to_batches()
+
+
+def _short(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def check_output(target: str, source: str, overwrite: bool) -> None:
+    """Refuse up front what would fail or destroy data later; names the path and the fix."""
+    if target == STDIO:
+        return
+    p = Path(target)
+    if not p.parent.exists():
+        raise OutputError(f"Cannot write {target}: folder {p.parent} does not exist. Create it first.")
+    if p.is_dir():
+        raise OutputError(f"Cannot write {target}: it is a folder. Give a file name.")
+    if source != STDIO and p.exists() and Path(source).exists() and os.path.samefile(source, p):
+        raise OutputError(f"{target} is also the input: write the output to another file.")
+    if p.exists() and not overwrite:
+        raise OutputError(f"{target} already exists. Pass --overwrite to replace it.")
+    if not os.access(p.parent, os.W_OK):
+        raise OutputError(f"Cannot write {target}: folder {p.parent} is not writable.")
+
+
+class Writer:
+    """Writes batches incrementally to a temporary file and renames it into place on commit()."""
+
+    def __init__(self, target: str, fmt: Format, schema: pa.Schema):
+        self.target = target
+        self.format = fmt
+        self.schema = schema
+        self.tmp: Path | None = None
+        if target == STDIO:
+            if fmt is Format.PARQUET:  # Parquet needs a seekable file: spool, copy at the end
+                self._file: IO[bytes] = tempfile.TemporaryFile(prefix="emolabel-out-")
+            else:
+                self._file = sys.stdout.buffer
+        else:
+            p = Path(target)
+            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".emolabel-tmp", dir=p.parent)
+            self.tmp = Path(tmp)
+            self._file = os.fdopen(fd, "wb")
+        self._writer: Any = None
+        if fmt is Format.PARQUET:
+            self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
+        elif fmt is Format.CSV:
+            self._writer = pa_csv.CSVWriter(self._file, schema)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        try:
+            if self.format is Format.JSONL:
+                import polars as pl
+
+                buf = io.BytesIO()
+                pl.from_arrow(batch).write_ndjson(buf)  # type: ignore[union-attr]
+                self._file.write(buf.getvalue())
+            else:
+                self._writer.write(batch)
+        except OSError as e:
+            raise self._os_error(e) from None
+        except pa.ArrowException as e:
+            if "Broken pipe" in str(e):
+                raise BrokenPipeError(str(e)) from None
+            raise OutputError(f"Cannot write {self.target}: {_short(e)}") from None
+
+    def commit(self) -> None:
+        """Finish the file and move it to the target path."""
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            self._file.flush()
+            if self.tmp is not None:
+                os.fsync(self._file.fileno())
+                self._file.close()
+                os.replace(self.tmp, self.target)
+                self.tmp = None
+            elif self.format is Format.PARQUET:
+                self._file.seek(0)
+                shutil.copyfileobj(self._file, sys.stdout.buffer, 1 << 20)
+                sys.stdout.buffer.flush()
+                self._file.close()
+        except OSError as e:
+            self.abort()
+            if isinstance(e, BrokenPipeError):
+                raise
+            raise self._os_error(e) from None
+
+    def abort(self) -> None:
+        """Drop everything written so far; the target path is left as it was."""
+        for close in (getattr(self._writer, "close", None), self._file.close):
+            try:
+                if close is not None and self._file is not sys.stdout.buffer:
+                    close()
+            except Exception:  # noqa: BLE001 - the file is being thrown away
+                pass
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None
+
+    def _os_error(self, e: OSError) -> Exception:
+        if isinstance(e, BrokenPipeError):
+            return e
+        self.abort()
+        import errno
+
+        if e.errno == errno.ENOSPC:
+            return OutputError(f"Disk full while writing {self.target}; nothing was written there.")
+        return OutputError(f"Cannot write {self.target}: {e.strerror or e}. Nothing was written there.")
