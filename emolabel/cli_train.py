@@ -45,6 +45,11 @@ def _labels_option(value: str | None) -> list[str] | None:
 @click.option("--patience", type=click.IntRange(1), default=3, show_default=True, help="Early stopping, in epochs.")
 @click.option("--seed", type=int, default=13, show_default=True)
 @click.option("--freeze-encoder", is_flag=True, help="Train only the head on frozen encoder features.")
+@click.option("--teacher", "teachers", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Distil from this emolabel model folder (repeat for an ensemble of teachers).")
+@click.option("--distill-alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Weight of the teachers' soft labels against the hard labels.")
+@click.option("--distill-temperature", type=click.FloatRange(0.1), default=2.0, show_default=True)
 @click.option("--pooling", type=click.Choice(["cls", "mean"]), default="cls", show_default=True)
 @click.option("--head", "head_hidden", default="256", show_default=True, help="Hidden sizes of the head's dense layers, e.g. 512,256 ('' for none).")
 @click.option("--dropout", type=click.FloatRange(0, 1), default=0.1, show_default=True)
@@ -60,7 +65,8 @@ def _labels_option(value: str | None) -> list[str] | None:
 def finetune(train: str, valid: str, output: str, base: str | None, text_column: str, label_column: str,
              labels: str | None, input_format: str | None, epochs: int, batch_size: int, lr: float,
              head_lr: float, layer_decay: float, weight_decay: float, warmup: float, label_smoothing: float,
-             patience: int, seed: int, freeze_encoder: bool, pooling: str, head_hidden: str, dropout: float,
+             patience: int, seed: int, freeze_encoder: bool, teachers: tuple[str, ...], distill_alpha: float,
+             distill_temperature: float, pooling: str, head_hidden: str, dropout: float,
              activation: str, max_length: int, normalization: str, save_dtype: str, device: str,
              log_path: str | None, quiet: bool) -> None:
     """Fine-tune a BERT-family encoder and emolabel's head on TRAIN; keep the best epoch on --validation.
@@ -89,7 +95,8 @@ def finetune(train: str, valid: str, output: str, base: str | None, text_column:
         raise click.ClickException(f"{output} exists and is not empty; choose a new folder for the model.")
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, layer_decay=layer_decay,
                       weight_decay=weight_decay, warmup=warmup, label_smoothing=label_smoothing,
-                      patience=patience, seed=seed, freeze_encoder=freeze_encoder)
+                      patience=patience, seed=seed, freeze_encoder=freeze_encoder, distill_alpha=distill_alpha,
+                      distill_temperature=distill_temperature)
     options = {"pooling": pooling, "head_hidden": hidden, "dropout": dropout, "activation": activation,
                "max_length": max_length, "normalization": normalization}
     log_file = Path(log_path) if log_path else out / "train_log.jsonl"
@@ -122,7 +129,7 @@ def finetune(train: str, valid: str, output: str, base: str | None, text_column:
     try:
         run(train, valid, out, base=base, text_column=text_column, label_column=label_column,
             labels=_labels_option(labels), input_format=input_format, model_options=options, train_config=cfg,
-            device=device, save_dtype=save_dtype, on_event=on_event,
+            device=device, save_dtype=save_dtype, on_event=on_event, teachers=list(teachers) or None,
             command="emolabel finetune " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "")
     except EmolabelError as e:
         raise click.ClickException(str(e)) from None

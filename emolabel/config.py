@@ -89,6 +89,8 @@ class TrainConfig:
     patience: int = 3  # epochs without a better validation macro-F1 before stopping
     seed: int = 13
     freeze_encoder: bool = False  # True: train only the head on frozen features
+    distill_alpha: float = 0.5  # with --teacher: weight of the teacher's soft labels vs the hard labels
+    distill_temperature: float = 2.0  # softens teacher and student alike (Hinton et al. 2015)
 
 
 DEFAULT_MODEL_NAME = "emotion-minilm"

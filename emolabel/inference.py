@@ -141,7 +141,7 @@ class Labeler:
         valid = np.flatnonzero(keep_np)
         strs = pc.filter(norm, keep).to_pylist()
         encs = self.tokenizer.encode_batch_fast(strs) if strs else []
-        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+        lengths = np.fromiter((len(e) for e in encs), dtype=np.int64, count=len(encs))
         truncated = sum(1 for e in encs if e.overflowing)
         flat = np.fromiter((i for e in encs for i in e.ids), dtype=np.int64, count=int(lengths.sum()))
         starts = np.zeros(len(encs), dtype=np.int64)

@@ -20,10 +20,19 @@ from emolabel.errors import ModelError
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
+_NOT_ARCHITECTURE = ("dtype", "torch_dtype", "transformers_version", "architectures", "_name_or_path")
+
+
+def encoder_config_dict(config: object) -> dict:
+    """The encoder's transformers config as plain JSON, without load-time settings such as dtype."""
+    d = config.to_diff_dict() | {"model_type": config.model_type}  # type: ignore[attr-defined]
+    return {k: v for k, v in d.items() if k not in _NOT_ARCHITECTURE}
+
+
 def _build_encoder(encoder_config: dict) -> nn.Module:
     from transformers import AutoConfig, AutoModel
 
-    cfg = dict(encoder_config)
+    cfg = {k: v for k, v in encoder_config.items() if k not in _NOT_ARCHITECTURE}
     model_type = cfg.pop("model_type", None)
     if not model_type:
         raise ModelError("The model config names no encoder model_type.")
@@ -148,7 +157,7 @@ def random_model(
     enc = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                      num_attention_heads=heads, intermediate_size=intermediate or 4 * hidden,
                      max_position_embeddings=512)
-    config = ModelConfig(encoder=enc.to_diff_dict() | {"model_type": "bert"}, base="random-init",
+    config = ModelConfig(encoder=encoder_config_dict(enc), base="random-init",
                          **({"labels": labels} if labels else {}), **options)  # type: ignore[arg-type]
     model = EmotionClassifier(config)
     save(model, tokenizer_json, folder)

@@ -22,7 +22,7 @@ from emolabel import model as model_lib
 from emolabel.config import EMOTIONS, ModelConfig, TrainConfig
 from emolabel.errors import EmolabelError, InputError, ModelError
 from emolabel.evaluate import classification_metrics
-from emolabel.inference import Labeler, Prepared, load_tokenizer, resolve_device
+from emolabel.inference import load_tokenizer, resolve_device
 from emolabel.normalize import normalize
 from emolabel.tables import Format, open_input
 
@@ -195,6 +195,7 @@ def finetune(
     save_dtype: str = "fp32",
     on_event: Callable[[dict[str, Any]], None] | None = None,
     command: str = "",
+    teachers: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train on `train_path`, choose the best epoch on `valid_path`, save the model to `out_dir`."""
     cfg = train_config or TrainConfig()
@@ -208,7 +209,10 @@ def finetune(
 
     # 2. Base encoder and tokenizer (local folder, installed package, or hub id).
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()  # the load report lists the unused pooler weights: noise here
+    hf_logging.disable_progress_bar()
     base = resolve_base(base)
     try:
         hf_tok = AutoTokenizer.from_pretrained(base)
@@ -216,6 +220,7 @@ def finetune(
             encoder = AutoModel.from_pretrained(base, add_pooling_layer=False)
         except TypeError:
             encoder = AutoModel.from_pretrained(base)
+        encoder = encoder.float()  # train in fp32 (autocast on GPU) whatever the stored dtype
     except (OSError, ValueError) as e:
         raise ModelError(f"Cannot load base encoder {base!r}: {str(e).splitlines()[0]}. "
                          "Give a local model folder, or a hub id on a machine with network.") from None
@@ -224,7 +229,7 @@ def finetune(
     options = dict(model_options or {})
     mconfig = ModelConfig(
         labels=labels,
-        encoder=encoder.config.to_diff_dict() | {"model_type": encoder.config.model_type},
+        encoder=model_lib.encoder_config_dict(encoder.config),
         base=base,
         pad_token_id=int(hf_tok.pad_token_id or 0),
         **options,
@@ -250,6 +255,7 @@ def finetune(
     train_ids = encode(train_data.texts)
     valid_ids = encode(valid_data.texts)
     train_len = np.array([len(x) for x in train_ids])
+    soft = _teacher_targets(teachers, train_data.texts, labels, device, cfg.distill_temperature) if teachers else None
 
     # 4. Optimisation set-up. Seed everything we can for a repeatable run.
     random.seed(cfg.seed)
@@ -261,7 +267,8 @@ def finetune(
     if cfg.freeze_encoder:  # feature extraction: the encoder is a fixed function of the text
         for p in model.encoder.parameters():
             p.requires_grad_(False)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), betas=(0.9, 0.999), eps=1e-6)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), betas=(0.9, 0.999), eps=1e-6,
+                                  fused=dev.type == "cuda")  # one kernel for all parameters on GPU
     steps_per_epoch = math.ceil(len(train_ids) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = max(1, int(cfg.warmup * total_steps))
@@ -293,7 +300,13 @@ def finetune(
             y = torch.from_numpy(train_data.labels[rows])
             ids, mask, y = ids.to(dev, non_blocking=True), mask.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp):
-                _, loss = model(ids, mask, y, label_smoothing=cfg.label_smoothing)
+                logits, loss = model(ids, mask, y, label_smoothing=cfg.label_smoothing)
+            if soft is not None:  # distillation: match the teachers' softened distribution too
+                t = cfg.distill_temperature
+                target = soft[torch.from_numpy(rows)].to(dev, non_blocking=True)
+                kd = torch.nn.functional.kl_div(torch.log_softmax(logits.float() / t, -1), target,
+                                                reduction="batchmean") * t * t
+                loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -348,11 +361,30 @@ def finetune(
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
                      "python": platform.python_version()},
         "save_dtype": save_dtype,
+        "teachers": list(teachers or []),
     }
     (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     emit({"event": "done", "best_epoch": best["epoch"], "valid_accuracy": best["accuracy"],
           "valid_macro_f1": best["macro_f1"], "temperature": mconfig.temperature, "out": str(out_dir)})
     return info
+
+
+def _teacher_targets(teachers: list[str], texts: list[str], labels: list[str], device: str, t: float) -> torch.Tensor:
+    """Soft labels: the softmax at temperature t of the teachers' mean logits (an ensemble)."""
+    from emolabel.inference import Labeler
+
+    total = None
+    for folder in teachers:
+        teacher = Labeler(folder, device=device)
+        if teacher.labels != labels:
+            raise ModelError(f"Teacher {folder} has labels {teacher.labels}, the data has {labels}.")
+        prep = teacher.prepare(pa.array(texts, pa.string()))
+        logits = np.zeros((len(texts), len(labels)), np.float32)
+        logits[prep.rows] = teacher.logits(prep)
+        total = logits if total is None else total + logits
+        del teacher
+    mean = torch.from_numpy(total / len(teachers))  # type: ignore[operator]
+    return torch.softmax(mean / t, dim=-1)
 
 
 @torch.no_grad()
