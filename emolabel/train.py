@@ -90,6 +90,9 @@ def labelled_data(table: pa.Table, name: str, text_column: str, label_column: st
                          f"({len(missing)} such rows). Every training row needs a label.")
     if labels is None:
         labels = infer_labels(raw_labels)  # type: ignore[arg-type]
+        if len(labels) < 2:
+            raise InputError(f"{name} has only one label ({labels[0]!r}); a classifier needs at least two. "
+                             "Pass --labels to name the full label set.")
     index = {n: i for i, n in enumerate(labels)}
     if all(v.lstrip("-").isdigit() for v in raw_labels):  # type: ignore[union-attr]
         ids = [int(v) for v in raw_labels]  # type: ignore[arg-type]

@@ -1,0 +1,49 @@
+"""Help for every command, python -m emolabel, and a --help that does not import torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import run_cli
+from helpers import invoke
+
+from emolabel.cli import cli
+
+COMMANDS = sorted(cli.commands)
+
+
+def test_commands():
+    assert COMMANDS == ["eval", "finetune", "tag"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command):
+    r = invoke(command, "--help")
+    assert r.exit_code == 0
+    assert "Examples:" in r.stdout
+    assert f"emolabel {command}" in r.stdout
+
+
+def test_python_dash_m():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    assert b"Commands:" in r.stdout
+    assert run_cli("--version").stdout.decode().strip() == "emolabel, version 0.1.0"
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from emolabel.cli import cli; "
+            "sys.argv=['emolabel','tag','--help']\n"
+            "try: cli()\nexcept SystemExit: pass\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert r.returncode == 0, r.stderr.decode()
+
+
+def test_misused_option_exits_2():
+    r = invoke("tag", "x.csv", "--device")
+    assert r.exit_code == 2
+    r = invoke("tag", "x.csv", "--input-format", "xlsx")
+    assert r.exit_code == 2

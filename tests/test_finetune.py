@@ -1,0 +1,153 @@
+"""finetune on a few dozen rows with the tiny base: files, finite loss, reload gives the same."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import EMOTION_DATA
+from helpers import invoke
+
+from emolabel.config import TrainConfig
+from emolabel.errors import InputError
+from emolabel.inference import Labeler
+from emolabel.train import _param_groups, finetune, fit_temperature, infer_labels
+
+ROWS = [
+    ("i feel so happy today", "joy"), ("i am sad and lonely", "sadness"), ("i love you so much", "love"),
+    ("i am angry at them", "anger"), ("i feel scared and afraid", "fear"), ("i am surprised really", "surprise"),
+]
+
+
+def write_csv(path, rows, header=("text", "label")):
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def data(tmp_path):
+    train = write_csv(tmp_path / "train.csv", [(t, str(["sadness", "joy", "love", "anger", "fear", "surprise"].index(l)))
+                                               for t, l in ROWS * 6])
+    valid = write_csv(tmp_path / "valid.csv", [(t, l) for t, l in ROWS])  # names, not ids: both work
+    return train, valid
+
+
+def test_finetune_one_epoch_writes_a_model_that_reloads(tmp_path, tiny_base, data):
+    train, valid = data
+    out = tmp_path / "model"
+    events = []
+    info = finetune(str(train), str(valid), out, base=str(tiny_base), train_config=TrainConfig(epochs=1, batch_size=8),
+                    model_options={"head_hidden": [16], "max_length": 32}, device="cpu", on_event=events.append)
+    assert sorted(p.name for p in out.iterdir()) == ["emolabel.json", "model.safetensors", "tokenizer.json",
+                                                     "training.json"]
+    assert np.isfinite(info["history"][0]["train_loss"])
+    assert info["train"]["rows"] == 36 and len(info["train"]["sha256"]) == 64
+    assert info["base"] == str(tiny_base)
+    assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "done"
+    texts = [t for t, _ in ROWS]
+    a = Labeler(out, device="cpu").predict_proba(texts)
+    b = Labeler(out, device="cpu").predict_proba(texts)
+    np.testing.assert_array_equal(a, b)
+    assert Labeler(out, device="cpu").labels == ["sadness", "joy", "love", "anger", "fear", "surprise"]
+
+
+def test_finetune_cli_with_log_and_fp16(tmp_path, tiny_base, data):
+    train, valid = data
+    r = invoke("finetune", str(train), "--validation", str(valid), "-o", str(tmp_path / "m"), "--base", str(tiny_base),
+               "--epochs", "2", "--head", "", "--pooling", "mean", "--save-dtype", "fp16", "--label-smoothing", "0.1")
+    assert r.exit_code == 0, r.stderr
+    log = [json.loads(line) for line in (tmp_path / "m" / "train_log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log if e["event"] == "epoch"] == [1, 2]
+    cfg = json.loads((tmp_path / "m" / "emolabel.json").read_text())
+    assert cfg["head_hidden"] == [] and cfg["pooling"] == "mean"
+    assert "validation accuracy" in r.stderr
+
+
+def test_distillation_from_a_teacher(tmp_path, tiny_base, data, tiny_model):
+    train, valid = data
+    info = finetune(str(train), str(valid), tmp_path / "s", base=str(tiny_base), device="cpu",
+                    train_config=TrainConfig(epochs=1), teachers=[str(tiny_model)])
+    assert info["teachers"] == [str(tiny_model)]
+
+
+def test_freeze_encoder_trains_only_the_head(tmp_path, tiny_base, data):
+    import torch
+
+    from emolabel import model as model_lib
+
+    train, valid = data
+    finetune(str(train), str(valid), tmp_path / "f", base=str(tiny_base), device="cpu",
+             train_config=TrainConfig(epochs=1, freeze_encoder=True))
+    from transformers import AutoModel
+
+    base = AutoModel.from_pretrained(tiny_base)
+    trained = model_lib.load(tmp_path / "f")
+    w = "embeddings.word_embeddings.weight"
+    assert torch.equal(base.state_dict()[w], trained.encoder.state_dict()[w])
+
+
+@pytest.mark.parametrize("rows,header,message", [
+    ([], ("text", "label"), "has no rows"),
+    ([("hello", "joy")], ("body", "label"), "Column 'text' not found"),
+    ([("hello", "bliss")], ("text", "label"), "has only one label ('bliss')"),
+    ([("hello", "bliss"), ("bye", "joy")], ("text", "label"), "valid.csv: row 2 has label 'sadness', which is not one of bliss, joy."),
+    ([("hello", "9")], ("text", "label"), "valid.csv: row 1 has label 'joy', which is not one of 0, 1, 2"),
+    ([("hello", "")], ("text", "label"), "row 1 has no label"),
+])
+def test_bad_training_data_fails_before_training(tmp_path, tiny_base, data, rows, header, message):
+    _, valid = data
+    bad = write_csv(tmp_path / "bad.csv", rows, header)
+    with pytest.raises(InputError, match=re.escape(message)):
+        finetune(str(bad), str(valid), tmp_path / "x", base=str(tiny_base), device="cpu")
+    assert not (tmp_path / "x").exists()
+    r = invoke("finetune", str(bad), "--validation", str(valid), "-o", str(tmp_path / "y"), "--base", str(tiny_base))
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+
+
+def test_empty_training_file(tmp_path, tiny_base, data):
+    _, valid = data
+    (tmp_path / "empty.csv").write_text("")
+    r = invoke("finetune", str(tmp_path / "empty.csv"), "--validation", str(valid), "-o", str(tmp_path / "y"),
+               "--base", str(tiny_base))
+    assert r.exit_code == 1 and "is empty" in r.stderr
+
+
+def test_label_inference():
+    assert infer_labels(["0", "5", "2"]) == ["sadness", "joy", "love", "anger", "fear", "surprise"]
+    assert infer_labels(["joy", "fear"]) == ["sadness", "joy", "love", "anger", "fear", "surprise"]
+    assert infer_labels(["pos", "neg"]) == ["neg", "pos"]
+    assert infer_labels(["0", "7"]) == [str(i) for i in range(8)]
+
+
+def test_layer_wise_learning_rates(tiny_model):
+    from emolabel import model as model_lib
+
+    m = model_lib.load(tiny_model)
+    groups = _param_groups(m, TrainConfig(lr=1e-4, layer_decay=0.5, head_lr=1e-3))
+    rates = sorted({g["lr"] for g in groups})
+    assert rates == pytest.approx([2.5e-5, 5e-5, 1e-4, 1e-3])  # embeddings, layer 0, layer 1 (top), head
+
+
+def test_temperature_fit_recovers_a_known_temperature():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 6)) * 3
+    p = np.exp(logits / 2.0)
+    p /= p.sum(1, keepdims=True)
+    y = np.array([rng.choice(6, p=row) for row in p])
+    assert fit_temperature(logits.astype(np.float32), y) == pytest.approx(2.0, rel=0.1)
+
+
+@pytest.mark.skipif(not (EMOTION_DATA / "train.csv").exists(), reason="../shared/data/emotion is not here")
+def test_reads_the_real_training_split(tmp_path):
+    from emolabel.train import labelled_data, read_table
+
+    data, labels = labelled_data(read_table(str(EMOTION_DATA / "train.csv"), None), "train", "text", "label", None)
+    assert len(data.texts) == 16000 and labels[0] == "sadness"
+    assert np.bincount(data.labels).tolist() == [4666, 5362, 1304, 2159, 1937, 572]

@@ -1,0 +1,111 @@
+"""The model folder format: save/load round trip, and loud failures for broken folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_tiny_model
+from safetensors.torch import load_file, save_file
+
+from emolabel import model as model_lib
+from emolabel.config import ModelConfig
+from emolabel.errors import ModelError
+from emolabel.inference import Labeler, load_tokenizer
+
+
+def test_save_load_round_trip_gives_identical_logits(tmp_path, tiny_model):
+    m = model_lib.load(tiny_model)
+    ids = torch.tensor([[2, 5, 6, 7, 3, 0], [2, 9, 3, 0, 0, 0]])
+    mask = (ids != 0).long()
+    before, _ = m(ids, mask)
+    model_lib.save(m, (tiny_model / "tokenizer.json").read_text(), tmp_path / "copy")
+    after, _ = model_lib.load(tmp_path / "copy")(ids, mask)
+    assert torch.equal(before, after)
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["emolabel.json", "model.safetensors",
+                                                                      "tokenizer.json"]
+
+
+@pytest.mark.parametrize("pooling,activation", [("cls", "gelu"), ("mean", "relu")])
+def test_head_options_round_trip(tmp_path, pooling, activation):
+    folder = make_tiny_model(tmp_path / "m", pooling=pooling, activation=activation)
+    cfg = ModelConfig.load(folder)
+    assert (cfg.pooling, cfg.activation) == (pooling, activation)
+    probs = Labeler(folder, device="cpu").predict_proba(["i feel happy", "so sad today"])
+    assert probs.shape == (2, 6)
+
+
+def test_padding_does_not_change_mean_pooling(tmp_path):
+    m = model_lib.load(make_tiny_model(tmp_path / "m", pooling="mean"))
+    short, _ = m(torch.tensor([[2, 5, 6, 3]]), torch.tensor([[1, 1, 1, 1]]))
+    padded, _ = m(torch.tensor([[2, 5, 6, 3, 0, 0]]), torch.tensor([[1, 1, 1, 1, 0, 0]]))
+    torch.testing.assert_close(short, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_missing_weights_file_is_an_error(tmp_path, tiny_model):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="has no model.safetensors"):
+        model_lib.load(folder)
+
+
+def test_missing_head_weight_is_an_error_not_a_random_head(tmp_path, tiny_model):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    state = load_file(str(folder / "model.safetensors"))
+    del state[next(k for k in state if k.startswith("head."))]
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(ModelError, match=r"does not match emolabel.json: weights missing 1 \(e.g. head\."):
+        model_lib.load(folder)
+
+
+def test_weights_of_another_shape_are_an_error(tmp_path, tiny_model):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    cfg = json.loads((folder / "emolabel.json").read_text())
+    cfg["head_hidden"] = [32]
+    (folder / "emolabel.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="wrong shape"):
+        model_lib.load(folder)
+
+
+def test_custom_labels_are_data(tmp_path):
+    folder = make_tiny_model(tmp_path / "m", labels=["calm", "angry", "meh"])
+    lb = Labeler(folder, device="cpu")
+    assert lb.labels == ["calm", "angry", "meh"]
+    assert lb.predict_proba(["i feel fine"]).shape == (1, 3)
+    assert lb.predict(["i feel fine"])[0] in {"calm", "angry", "meh"}
+
+
+def test_fp16_storage_loads_as_fp32(tmp_path, tiny_model):
+    m = model_lib.load(tiny_model)
+    model_lib.save(m, (tiny_model / "tokenizer.json").read_text(), tmp_path / "h", dtype=torch.float16)
+    assert next(iter(load_file(str(tmp_path / "h" / "model.safetensors")).values())).dtype == torch.float16
+    m2 = model_lib.load(tmp_path / "h")
+    assert all(p.dtype == torch.float32 for p in m2.parameters())
+
+
+def test_tokenizer_maps_real_words_to_real_ids(tiny_model):
+    """The transformers 5 trap: a tokenizer built wrongly maps every word to [UNK]."""
+    tok = load_tokenizer(tiny_model, 32)
+    enc = tok.encode("I feel happy today")
+    assert enc.tokens == ["[CLS]", "i", "feel", "happy", "today", "[SEP]"]
+    assert tok.token_to_id("[UNK]") not in enc.ids
+
+
+def test_broken_config_json(tmp_path, tiny_model):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    (folder / "emolabel.json").write_text("{not json")
+    with pytest.raises(ModelError, match="is not valid JSON"):
+        model_lib.load(folder)
