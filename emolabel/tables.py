@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from emolabel.errors import InputError, OutputError
 
 STDIO = "-"
+CSV_BLOCK = 16 << 20
 
 
 class Format(str, Enum):
@@ -231,7 +232,8 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
         invalid.append(row)
         return "error"
 
-    read_opts = pa_csv.ReadOptions(block_size=1 << 20, encoding=encoding, use_threads=False)
+    # A block must hold the longest row: 16 MB takes a multi-megabyte text in one field.
+    read_opts = pa_csv.ReadOptions(block_size=CSV_BLOCK, encoding=encoding, use_threads=False)
     parse_opts = pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid)
     convert_opts = pa_csv.ConvertOptions(
         column_types={n: pa.string() for n in names},
@@ -249,9 +251,13 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
                 f"({row.text[:80]!r}). Fix the row, quote fields that contain commas, "
                 "or pass --on-error skip to leave such rows out."
             )
+        if "straddling" in msg:
+            return InputError(f"{name} has a row longer than {CSV_BLOCK >> 20} MB; split such texts first.")
         if "UTF8" in msg or "UTF-8" in msg:
+            line = _first_undecodable_line(name, encoding)
+            where = f", line {line}," if line else ""
             return InputError(
-                f"{name} is not valid {encoding}. If it is Latin-1 or Windows-1252, "
+                f"{name}{where} is not valid {encoding}. If the file is Latin-1 or Windows-1252, "
                 "pass --encoding latin-1 (or cp1252)."
             )
         return InputError(f"{name} cannot be parsed as CSV: {msg}")
@@ -279,6 +285,20 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
     out = Reader(name, Format.CSV, reader.schema, None, rechunk(batches(), chunk_rows), skipped)
     out._closers.append(reader.close)
     return out
+
+
+def _first_undecodable_line(name: str, encoding: str) -> int | None:
+    """Where a file first fails to decode (only computed for the error message)."""
+    if name == "<stdin>" or not Path(name).is_file():
+        return None
+    opener = gzip.open if name.lower().endswith(".gz") else open
+    with opener(name, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError:
+                return lineno
+    return None
 
 
 def _check_unique(names: list[str], name: str) -> None:
@@ -438,7 +458,10 @@ class Writer:
                 self._file = sys.stdout.buffer
         else:
             p = Path(target)
-            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".emolabel-tmp", dir=p.parent)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".emolabel-tmp", dir=p.parent)
+            except OSError as e:
+                raise OutputError(f"Cannot write {target}: {e.strerror or e}.") from None
             self.tmp = Path(tmp)
             self._file = os.fdopen(fd, "wb")
         self._writer: Any = None

@@ -30,7 +30,7 @@ def write_table(table: pa.Table, path: Path, fmt: str) -> Path:
 
 def read_bytes(data: bytes, fmt: str) -> pa.Table:
     if fmt == "csv":
-        return pa_csv.read_csv(io.BytesIO(data), convert_options=pa_csv.ConvertOptions(
+        return pa_csv.read_csv(io.BytesIO(data), read_options=pa_csv.ReadOptions(block_size=16 << 20), convert_options=pa_csv.ConvertOptions(
             strings_can_be_null=True, quoted_strings_can_be_null=False))
     if fmt == "parquet":
         return pq.read_table(io.BytesIO(data))
