@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -19,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from emolabel.errors import InputError, OutputError
-from emolabel.inference import Labeler, Prepared
+from emolabel.inference import Labeler, Prepared, default_threads
 from emolabel.labels import append_columns, column_names, output_schema
 from emolabel.tables import Reader, Writer
 
@@ -70,16 +72,29 @@ def tag(
     text_column: str,
     prefix: str,
     progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> Summary:
     """Label every row of `reader` into `writer` (not committed here); returns counts."""
     schema = check_columns(reader, text_column, labeler.labels, prefix)
+    if workers is None:  # on a GPU the CPU side is the bottleneck; on the CPU the model is
+        workers = max(1, min(4, default_threads() // 4)) if labeler.device.type == "cuda" else 1
     summary = Summary()
     start = time.perf_counter()
     counts = np.zeros(len(labeler.labels), dtype=np.int64)
 
     def prepared() -> Iterator[tuple[pa.RecordBatch, Prepared]]:
-        for batch in reader:
-            yield batch, labeler.prepare(batch.column(text_column))
+        # Several chunks are normalized and tokenized at once (pyarrow and the Rust tokenizer
+        # release the GIL); results are taken in input order.
+        with ThreadPoolExecutor(workers, thread_name_prefix="emolabel-prepare") as pool:
+            pending: deque = deque()
+            for batch in reader:
+                pending.append((batch, pool.submit(labeler.prepare, batch.column(text_column))))
+                if len(pending) > workers:
+                    b, job = pending.popleft()
+                    yield b, job.result()
+            while pending:
+                b, job = pending.popleft()
+                yield b, job.result()
 
     with _BackgroundWriter(writer) as out:
         for batch, prep in _background(prepared(), depth=2):

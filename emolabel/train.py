@@ -22,8 +22,7 @@ from emolabel import model as model_lib
 from emolabel.config import EMOTIONS, ModelConfig, TrainConfig
 from emolabel.errors import EmolabelError, InputError, ModelError
 from emolabel.evaluate import classification_metrics
-from emolabel.inference import load_tokenizer, resolve_device
-from emolabel.normalize import normalize
+from emolabel.inference import TextEncoder, resolve_device
 from emolabel.tables import Format, open_input
 
 DEFAULT_BASE_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -245,15 +244,15 @@ def finetune(
 
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "tokenizer.json").write_text(tokenizer_json)
-        tok = load_tokenizer(Path(tmp), mconfig.max_length)
+        text_encoder = TextEncoder(Path(tmp), mconfig.max_length, mconfig.normalization)
     unk = hf_tok.unk_token_id
-    probe = tok.encode("i feel happy today").ids
+    probe = text_encoder.encode(["i feel happy today"])[0].ids
     if unk is not None and sum(i == unk for i in probe) > 1:
         raise ModelError(f"The tokenizer of {base} maps plain English words to its unknown token.")
 
     def encode(texts: list[str]) -> list[list[int]]:
-        norm = normalize(pa.array(texts, pa.string()), mconfig.normalization).to_pylist()
-        return [e.ids for e in tok.encode_batch_fast(norm)]
+        norm = text_encoder.normalize(pa.array(texts, pa.string())).to_pylist()
+        return [e.ids for e in text_encoder.encode(norm)]
 
     train_ids = encode(train_data.texts)
     valid_ids = encode(valid_data.texts)
