@@ -29,10 +29,15 @@ def encoder_config_dict(config: object) -> dict:
     return {k: v for k, v in d.items() if k not in _NOT_ARCHITECTURE}
 
 
-def _build_encoder(encoder_config: dict) -> nn.Module:
+def _build_encoder(encoder_config: dict, lean: bool = False) -> nn.Module:
+    cfg = {k: v for k, v in encoder_config.items() if k not in _NOT_ARCHITECTURE}
+    if lean:
+        from emolabel import bert
+
+        if bert.supports(cfg):
+            return bert.LeanBert(cfg)
     from transformers import AutoConfig, AutoModel
 
-    cfg = {k: v for k, v in encoder_config.items() if k not in _NOT_ARCHITECTURE}
     model_type = cfg.pop("model_type", None)
     if not model_type:
         raise ModelError("The model config names no encoder model_type.")
@@ -63,10 +68,10 @@ class Head(nn.Module):
 class EmotionClassifier(nn.Module):
     """Encoder -> pooled vector -> Head -> logits (softmax is applied in labels.py)."""
 
-    def __init__(self, config: ModelConfig, encoder: nn.Module | None = None):
+    def __init__(self, config: ModelConfig, encoder: nn.Module | None = None, lean: bool = False):
         super().__init__()
         self.config = config
-        self.encoder = encoder if encoder is not None else _build_encoder(config.encoder)
+        self.encoder = encoder if encoder is not None else _build_encoder(config.encoder, lean)
         hidden_size = self.encoder.config.hidden_size
         self.head = Head(hidden_size, config.head_hidden, len(config.labels), config.dropout, config.activation)
 
@@ -100,8 +105,9 @@ def save(model: EmotionClassifier, tokenizer_json: str, folder: Path, dtype: tor
     model.config.save(folder)
 
 
-def load(folder: str | Path, device: str | torch.device = "cpu") -> EmotionClassifier:
-    """Rebuild a model from its folder; any missing or mismatched weight is an error."""
+def load(folder: str | Path, device: str | torch.device = "cpu", lean: bool = True) -> EmotionClassifier:
+    """Rebuild a model from its folder; any missing or mismatched weight is an error.
+    `lean`: plain BERT encoders run on emolabel.bert (same numbers, no transformers import)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"Model folder {folder} does not exist.")
@@ -111,7 +117,8 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> EmotionClass
         raise ModelError(f"{folder} has no {WEIGHTS_NAME}: the model folder is incomplete.")
     if not (folder / TOKENIZER_NAME).exists():
         raise ModelError(f"{folder} has no {TOKENIZER_NAME}: the model folder is incomplete.")
-    model = EmotionClassifier(config)
+    with torch.device("meta"):  # no random init of weights that are loaded next
+        model = EmotionClassifier(config, lean=lean)
     try:
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for bad headers
@@ -132,9 +139,23 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> EmotionClass
             parts.append(f"wrong shape for {len(wrong)} (e.g. {k}: {tuple(state[k].shape)} "
                          f"in the file, {tuple(expected[k].shape)} in {CONFIG_NAME})")
         raise ModelError(f"{weights} does not match {CONFIG_NAME}: weights " + "; ".join(parts) + ".")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)
+    _materialize_buffers(model)
     model.eval()
     return model.to(device)
+
+
+def _materialize_buffers(model: nn.Module) -> None:
+    """Non-persistent buffers (transformers' position_ids) are not in the file: rebuild them."""
+    for module in model.modules():
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if buf.is_meta:
+                if name == "position_ids":
+                    module.register_buffer(name, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
+                elif name == "token_type_ids":
+                    module.register_buffer(name, torch.zeros(buf.shape, dtype=torch.long), persistent=False)
+                else:
+                    raise ModelError(f"Cannot rebuild buffer {name} of {type(module).__name__}.")
 
 
 def random_model(

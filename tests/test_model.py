@@ -109,3 +109,23 @@ def test_broken_config_json(tmp_path, tiny_model):
     (folder / "emolabel.json").write_text("{not json")
     with pytest.raises(ModelError, match="is not valid JSON"):
         model_lib.load(folder)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_lean_bert_gives_the_same_logits_as_transformers(tmp_path, pooling):
+    folder = make_tiny_model(tmp_path / "m", pooling=pooling)
+    lean = model_lib.load(folder, lean=True)
+    hf = model_lib.load(folder, lean=False)
+    assert type(lean.encoder).__name__ == "LeanBert" and type(hf.encoder).__name__ == "BertModel"
+    torch.manual_seed(0)
+    ids = torch.randint(5, 100, (5, 17))
+    lengths = torch.tensor([17, 3, 9, 1, 12])
+    mask = (torch.arange(17)[None] < lengths[:, None]).long()
+    ids = ids * mask
+    with torch.no_grad():
+        torch.testing.assert_close(lean(ids, mask)[0], hf(ids, mask)[0], atol=1e-5, rtol=1e-4)
+
+
+def test_lean_bert_int8_path_runs(tiny_model):
+    lb = Labeler(tiny_model, device="cpu", precision="int8")
+    assert lb.predict_proba(["i feel happy", "sad"]).shape == (2, 6)

