@@ -96,6 +96,8 @@ def cli() -> None:
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="A malformed CSV row or JSON line: stop, or leave it out and report its line.")
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last committed chunk "
+              "(same input, model and options; refused if any changed).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary on stderr.")
 def tag(
     input: str,
@@ -115,6 +117,7 @@ def tag(
     encoding: str,
     on_error: str,
     overwrite: bool,
+    resume: bool,
     quiet: bool,
 ) -> None:
     """Label every row of INPUT (a file, or - for stdin) and write it with emotion columns.
@@ -125,6 +128,11 @@ def tag(
     optionally .gz for input); stdin is sniffed (Parquet magic, a leading '{' for JSON Lines,
     else CSV) unless --input-format is given; stdout uses --output-format, else the input's
     format. CSV columns are read as text, so they round-trip exactly.
+
+    A run from a file to a file commits its progress chunk by chunk beside the output
+    (.OUTPUT.emolabel-resume/); after Ctrl-C, kill or a crash, the same command with --resume
+    carries on from the last committed chunk. Nothing appears at the output path until every
+    row is written.
 
     \b
     Examples:
@@ -146,6 +154,9 @@ def tag(
                     f"Cannot tell the output format from {output!r}; use a .csv, .parquet or .jsonl "
                     "name or --output-format."
                 )
+        checkpointed = output != tables.STDIO and input != tables.STDIO
+        if resume and not checkpointed:
+            raise click.UsageError("--resume needs an input file and an output file (not - for stdin/stdout).")
         tables.check_output(output, input, overwrite)
         if output == tables.STDIO and sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
             raise click.UsageError("Refusing to write Parquet to a terminal; use -o FILE.")
@@ -159,10 +170,8 @@ def tag(
             from emolabel.inference import resolve_device
 
             dev = resolve_device(device)
-            reader = tables.open_input(
-                input, in_fmt, chunk_rows=chunk_rows or (65536 if dev.type == "cuda" else 8192),
-                encoding=encoding, on_error=on_error,
-            )
+            reader_chunk = chunk_rows or (65536 if dev.type == "cuda" else 8192)
+            reader = tables.open_input(input, in_fmt, chunk_rows=reader_chunk, encoding=encoding, on_error=on_error)
             if out_fmt is None:  # stdout: the input's format unless told
                 out_fmt = reader.format
                 if sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
@@ -177,9 +186,24 @@ def tag(
             schema = pipeline.check_columns(reader, text_column, labels, prefix)
             labeler = Labeler(folder, device=device, precision=precision, batch_size=batch_size,
                               max_tokens=max_tokens, max_length=max_length, threads=threads)
-            writer = tables.Writer(output, out_fmt, schema)
-            with _progress(console, reader.total_rows, quiet) as advance:
-                summary = pipeline.tag(reader, writer, labeler, text_column, prefix, advance)
+            done = None
+            if checkpointed:
+                from emolabel import checkpoint
+
+                options = {"text_column": text_column, "prefix": prefix, "chunk_rows": reader_chunk,
+                           "max_length": labeler.max_length, "batch_size": labeler.batch_size,
+                           "max_tokens": labeler.max_tokens, "precision": labeler.precision,
+                           "device": labeler.device.type, "encoding": encoding, "on_error": on_error,
+                           "input_format": reader.format.value, "output_format": out_fmt.value}
+                writer = checkpoint.CheckpointWriter(output, out_fmt, schema,
+                                                     checkpoint.fingerprint(input, folder, options), resume)
+                done = writer.stats if writer.rows_done else None
+                if resume and done:
+                    console.print(f"resuming after {writer.rows_done:,} committed rows")
+            else:
+                writer = tables.Writer(output, out_fmt, schema)
+            with _progress(console, reader.total_rows, quiet, done["rows"] if done else 0) as advance:
+                summary = pipeline.tag(reader, writer, labeler, text_column, prefix, advance, resume_from=done)
             writer.commit()
             writer = None
     except BrokenPipeError:
@@ -187,10 +211,17 @@ def tag(
             writer.abort()
         _quiet_broken_pipe()
     except Interrupted as e:
+        saved = getattr(writer, "rows_done", 0)
         if writer is not None:
-            writer.abort()
+            writer.abort(keep=True)
         where = "" if output == "-" else f" Nothing was written to {output}."
-        console.print(f"[bold red]Interrupted[/] ({e}).{where} Run the same command again to start over.")
+        if saved:
+            how = f" {saved:,} labelled rows are saved: run the same command with --resume to continue."
+        elif checkpointed:
+            how = " No chunk was finished yet: run the same command again (--resume works too)."
+        else:
+            how = " Run the same command again to start over."
+        console.print(f"[bold red]Interrupted[/] ({e}).{where}{how}", soft_wrap=True)
         sys.exit(128 + e.signum)
     except EmolabelError as e:
         if writer is not None:
@@ -198,7 +229,7 @@ def tag(
         raise _fail(e) from None
     except BaseException:
         if writer is not None:
-            writer.abort()
+            writer.abort(keep=True)  # an unexpected crash: keep committed progress for --resume
         raise
     finally:
         if reader is not None:
@@ -207,7 +238,7 @@ def tag(
 
 
 @contextmanager
-def _progress(console: Any, total: int | None, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+def _progress(console: Any, total: int | None, quiet: bool, done: int = 0) -> Iterator[Callable[[int], None] | None]:
     """A Rich progress bar on stderr when it is a terminal; a no-op callback otherwise."""
     if quiet or not console.is_terminal:
         yield None
@@ -225,7 +256,7 @@ def _progress(console: Any, total: int | None, quiet: bool) -> Iterator[Callable
     if total:
         columns.append(TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("tag", total=total)
+        task = progress.add_task("tag", total=total, completed=done)
         yield lambda n: progress.advance(task, n)
 
 
@@ -239,6 +270,7 @@ def _print_summary(console: Any, s: Any, output: str) -> None:
         extra.append(f"{len(s.skipped_lines)} malformed line(s) skipped: {shown}{more}")
     console.print(
         f"tagged {s.rows:,} rows in {s.seconds:.1f} s ({s.rows_per_s:,.0f} rows/s) -> {target}; "
+        + (f"{s.resumed:,} of them from the interrupted run; " if s.resumed else "") +
         f"{labels or 'no labels'}; {'; '.join(extra)}",
         soft_wrap=True,
     )

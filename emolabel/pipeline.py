@@ -23,7 +23,7 @@ import pyarrow as pa
 from emolabel.errors import InputError, OutputError
 from emolabel.inference import Labeler, Prepared, default_threads
 from emolabel.labels import append_columns, column_names, output_schema
-from emolabel.tables import Reader, Writer
+from emolabel.tables import Reader, Writer  # or checkpoint.CheckpointWriter: the same write()/commit()
 
 T = TypeVar("T")
 _DONE = object()
@@ -37,10 +37,11 @@ class Summary:
     seconds: float = 0.0
     label_counts: Counter = field(default_factory=Counter)
     skipped_lines: list[int] = field(default_factory=list)  # --on-error skip
+    resumed: int = 0  # rows committed by an interrupted run and not labelled again
 
     @property
     def rows_per_s(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
+        return (self.rows - self.resumed) / self.seconds if self.seconds > 0 else 0.0
 
 
 def check_text_column(reader: Reader, text_column: str) -> None:
@@ -73,21 +74,43 @@ def tag(
     prefix: str,
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
+    resume_from: dict[str, Any] | None = None,
 ) -> Summary:
-    """Label every row of `reader` into `writer` (not committed here); returns counts."""
+    """Label every row of `reader` into `writer` (not committed here); returns counts.
+
+    `resume_from`: the counts of rows an interrupted run already committed (a CheckpointWriter's
+    stats); that many input rows are skipped, a whole chunk at a time.
+    """
     schema = check_columns(reader, text_column, labeler.labels, prefix)
     if workers is None:  # on a GPU the CPU side is the bottleneck; on the CPU the model is
         workers = max(1, min(4, default_threads() // 4)) if labeler.device.type == "cuda" else 1
     summary = Summary()
     start = time.perf_counter()
     counts = np.zeros(len(labeler.labels), dtype=np.int64)
+    skip = 0
+    if resume_from:
+        skip = summary.resumed = int(resume_from.get("rows", 0))
+        summary.rows, summary.empty = skip, int(resume_from.get("empty", 0))
+        summary.truncated = int(resume_from.get("truncated", 0))
+        counts += np.array([resume_from.get("labels", {}).get(n, 0) for n in labeler.labels], dtype=np.int64)
+
+    def unread() -> Iterator[pa.RecordBatch]:
+        left = skip
+        for batch in reader:
+            if left >= batch.num_rows:  # committed by the interrupted run
+                left -= batch.num_rows
+                continue
+            if left:
+                raise OutputError("The saved progress does not end on a chunk boundary of this input; "
+                                  "delete the .emolabel-resume folder and start over.")
+            yield batch
 
     def prepared() -> Iterator[tuple[pa.RecordBatch, Prepared]]:
         # Several chunks are normalized and tokenized at once (pyarrow and the Rust tokenizer
         # release the GIL); results are taken in input order.
         with ThreadPoolExecutor(workers, thread_name_prefix="emolabel-prepare") as pool:
             pending: deque = deque()
-            for batch in reader:
+            for batch in unread():
                 pending.append((batch, pool.submit(labeler.prepare, batch.column(text_column))))
                 if len(pending) > workers:
                     b, job = pending.popleft()
@@ -99,12 +122,14 @@ def tag(
     with _BackgroundWriter(writer) as out:
         for batch, prep in _background(prepared(), depth=2):
             probs = labeler.run(prep)
-            out.submit(append_columns(batch, probs, labeler.labels, schema))
             summary.rows += batch.num_rows
             summary.empty += prep.empty
             summary.truncated += prep.truncated
             valid = probs[~np.isnan(probs[:, 0])]
             counts += np.bincount(valid.argmax(axis=1), minlength=len(counts))
+            stats = {"rows": summary.rows, "empty": summary.empty, "truncated": summary.truncated,
+                     "labels": {n: int(c) for n, c in zip(labeler.labels, counts)}}
+            out.submit(append_columns(batch, probs, labeler.labels, schema), stats)
             if progress is not None:
                 progress(batch.num_rows)
     summary.seconds = time.perf_counter() - start
@@ -168,11 +193,11 @@ class _BackgroundWriter:
 
     def _work(self) -> None:
         while True:
-            batch = self.q.get()
-            if batch is _DONE or self.error is not None:
+            item = self.q.get()
+            if item is _DONE or self.error is not None:
                 return
             try:
-                self.writer.write(batch)
+                self.writer.write(*item)
             except BaseException as e:  # noqa: BLE001 - raised on the main thread
                 self.error = e
 
@@ -180,11 +205,11 @@ class _BackgroundWriter:
         if self.error is not None:
             raise self.error
 
-    def submit(self, batch: pa.RecordBatch) -> None:
+    def submit(self, batch: pa.RecordBatch, stats: dict[str, Any] | None = None) -> None:
         self._check()
         while True:
             try:
-                self.q.put(batch, timeout=0.1)
+                self.q.put((batch, stats), timeout=0.1)
                 return
             except queue.Full:
                 self._check()

@@ -169,7 +169,7 @@ def _open_parquet(path: str, stream: IO[bytes], chunk_rows: int) -> Reader:
 
     def batches() -> Iterator[pa.RecordBatch]:
         try:
-            yield from pf.iter_batches(batch_size=chunk_rows)
+            yield from rechunk(pf.iter_batches(batch_size=chunk_rows), chunk_rows)
         except (pa.ArrowException, OSError) as e:
             raise InputError(f"{name}: Parquet data is corrupt or truncated ({_short(e)}).") from None
 
@@ -470,7 +470,8 @@ class Writer:
         elif fmt is Format.CSV:
             self._writer = pa_csv.CSVWriter(self._file, schema)
 
-    def write(self, batch: pa.RecordBatch) -> None:
+    def write(self, batch: pa.RecordBatch, stats: dict | None = None) -> None:
+        """Append a batch (`stats` is for CheckpointWriter's interface and unused here)."""
         try:
             if self.format is Format.JSONL:
                 import polars as pl
@@ -509,8 +510,8 @@ class Writer:
                 raise
             raise self._os_error(e) from None
 
-    def abort(self) -> None:
-        """Drop everything written so far; the target path is left as it was."""
+    def abort(self, keep: bool = False) -> None:
+        """Drop everything written so far; the target path is left as it was (`keep`: unused)."""
         for close in (getattr(self._writer, "close", None), self._file.close):
             try:
                 if close is not None and self._file is not sys.stdout.buffer:

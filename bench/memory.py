@@ -1,0 +1,85 @@
+"""Peak RSS of `emolabel tag` against input size: it must not grow with the number of rows.
+
+A tiny random-init model stands in for the shipped one (this measures the streaming, not the
+arithmetic). For each format, file and stdin, 100k and 1M rows; prints the peak RSS of each
+run (from wait4) and the growth from 100k to 1M rows.
+
+    python bench/memory.py                      # 100k and 1M rows, csv/jsonl/parquet, file and stdin
+    python bench/memory.py --sizes 20000,200000 --formats csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--formats", default="csv,jsonl,parquet")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+    from conftest import make_tiny_model
+    from throughput import dataset_texts
+
+    tmp = Path(tempfile.mkdtemp(prefix="emolabel-mem-"))
+    model = make_tiny_model(tmp / "tiny")
+    texts = dataset_texts(REPO.parent / "shared" / "data" / "emotion")
+    results = []
+    for n in map(int, a.sizes.split(",")):
+        col = (texts * (n // len(texts) + 1))[:n]
+        table = pa.table({"id": pa.array(range(n), pa.int64()), "text": col})
+        for fmt in a.formats.split(","):
+            src = tmp / f"in{n}.{fmt}"
+            if fmt == "csv":
+                pa_csv.write_csv(table, src)
+            elif fmt == "parquet":
+                pq.write_table(table, src, row_group_size=65536)
+            else:
+                import polars as pl
+
+                pl.from_arrow(table).write_ndjson(src)
+            for mode in ("file", "stdin"):
+                out = tmp / f"out.{fmt}"
+                cmd = [sys.executable, "-m", "emolabel", "tag", "-" if mode == "stdin" else str(src), "-o", str(out),
+                       "--overwrite", "--model", str(model), "-q", "--input-format", fmt]
+                t0 = time.perf_counter()
+                with open(src, "rb") as stdin:
+                    pid = os.posix_spawn(sys.executable, cmd, dict(os.environ, PYTHONPATH=str(REPO)),
+                                         file_actions=[(os.POSIX_SPAWN_DUP2, stdin.fileno(), 0)] if mode == "stdin" else [])
+                    _, status, usage = os.wait4(pid, 0)
+                if os.waitstatus_to_exitcode(status) != 0:
+                    raise SystemExit(f"failed: {' '.join(cmd)}")
+                r = {"rows": n, "format": fmt, "input": mode, "peak_rss_mb": round(usage.ru_maxrss / 1024),
+                     "seconds": round(time.perf_counter() - t0, 1)}
+                print(json.dumps(r), flush=True)
+                results.append(r)
+    sizes = sorted({r["rows"] for r in results})
+    if len(sizes) >= 2:
+        print(f"\n| format | input | peak RSS {sizes[0]:,} rows | peak RSS {sizes[-1]:,} rows | growth |")
+        print("| --- | --- | --- | --- | --- |")
+        for fmt in a.formats.split(","):
+            for mode in ("file", "stdin"):
+                lo = next(r for r in results if r["rows"] == sizes[0] and r["format"] == fmt and r["input"] == mode)
+                hi = next(r for r in results if r["rows"] == sizes[-1] and r["format"] == fmt and r["input"] == mode)
+                print(f"| {fmt} | {mode} | {lo['peak_rss_mb']} MB | {hi['peak_rss_mb']} MB | "
+                      f"{hi['peak_rss_mb'] - lo['peak_rss_mb']:+d} MB |")
+    if a.json:
+        a.json.write_text("\n".join(json.dumps(r) for r in results) + "\n")
+
+
+if __name__ == "__main__":
+    main()
