@@ -82,7 +82,7 @@ class CheckpointWriter:
         self.dir = resume_dir(target)
         self.progress: dict[str, Any] = {"fingerprint": fp, "parts": [], "rows": 0, "stats": {}}
         existing = self.dir / PROGRESS
-        if existing.exists() and not resume:
+        if existing.exists() and not resume and json.loads(existing.read_text()).get("rows", 0):
             old = json.loads(existing.read_text())
             raise OutputError(
                 f"An interrupted run left {old.get('rows', 0):,} labelled rows for {target} in {self.dir}. "
@@ -167,5 +167,5 @@ class CheckpointWriter:
 
     def abort(self, keep: bool = False) -> None:
         """keep=True (an interruption): leave the committed parts for --resume."""
-        if not keep:
+        if not keep or not self.progress["parts"]:
             shutil.rmtree(self.dir, ignore_errors=True)

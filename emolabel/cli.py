@@ -244,14 +244,19 @@ def _progress(console: Any, total: int | None, quiet: bool, done: int = 0) -> It
         yield None
         return
     from rich.progress import (
-        BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+        BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn,
         TimeElapsedColumn, TimeRemainingColumn,
     )
+    from rich.text import Text
+
+    class RowsPerSecond(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(f"{task.speed:,.0f} rows/s" if task.speed else "- rows/s")
 
     columns: list[Any] = [TextColumn("tagging")]
     if total:
         columns += [BarColumn(), TaskProgressColumn()]
-    columns += [MofNCompleteColumn(), TextColumn("rows {task.speed:,.0f}/s" if total else "rows"),
+    columns += [MofNCompleteColumn() if total else TextColumn("{task.completed:,.0f} rows"), RowsPerSecond(),
                 TimeElapsedColumn()]
     if total:
         columns.append(TimeRemainingColumn())

@@ -47,3 +47,22 @@ def test_misused_option_exits_2():
     assert r.exit_code == 2
     r = invoke("tag", "x.csv", "--input-format", "xlsx")
     assert r.exit_code == 2
+
+
+@pytest.mark.parametrize("total", [None, 100])
+def test_progress_bar_renders_on_a_terminal(total):
+    import io
+
+    from rich.console import Console
+
+    from emolabel.cli import _progress
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=100)
+    with _progress(console, total, quiet=False) as advance:
+        assert advance is not None
+        advance(40)
+        advance(60)
+    assert "rows" in buf.getvalue()
+    with _progress(Console(file=io.StringIO()), total, quiet=False) as advance:  # not a terminal
+        assert advance is None
