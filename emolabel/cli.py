@@ -77,8 +77,9 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("input", metavar="INPUT")
-@click.option("-o", "--output", default="-", show_default=True, help="Output file, or - for stdout.")
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True)
+@click.option("-o", "--output", default="-", show_default=True,
+              help="Output file, or - for stdout (with --engine ray: a folder of part files).")
 @click.option("--input-format", type=click.Choice(FORMATS), help="Input format (default: from the file extension).")
 @click.option("--output-format", type=click.Choice(FORMATS), help="Output format (default: from the extension).")
 @click.option("--text-column", default="text", show_default=True, help="Column holding the text to label.")
@@ -98,9 +99,17 @@ def cli() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last committed chunk "
               "(same input, model and options; refused if any changed).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process. ray: a Ray cluster (pip install 'emolabel[ray]'); INPUT may be many "
+                   "files, globs or object-store URIs.")
+@click.option("--workers", help="Ray: model workers, N or MIN-MAX to autoscale [1-(CPUs-1), or one per GPU].")
+@click.option("--cpus-per-worker", type=click.FloatRange(0.1), default=1.0, show_default=True, help="Ray: CPUs per worker.")
+@click.option("--gpus-per-worker", type=click.FloatRange(0), default=0.0, show_default=True, help="Ray: GPUs per worker.")
+@click.option("--ray-address", help="Ray: cluster address (default: RAY_ADDRESS, else a local Ray).")
+@click.option("--id-column", help="Ray: input column that identifies rows (default: an added EMOTION_row_id).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary on stderr.")
 def tag(
-    input: str,
+    inputs: tuple[str, ...],
     output: str,
     input_format: str | None,
     output_format: str | None,
@@ -118,6 +127,12 @@ def tag(
     on_error: str,
     overwrite: bool,
     resume: bool,
+    engine: str,
+    workers: str | None,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+    ray_address: str | None,
+    id_column: str | None,
     quiet: bool,
 ) -> None:
     """Label every row of INPUT (a file, or - for stdin) and write it with emotion columns.
@@ -140,10 +155,23 @@ def tag(
       emolabel tag posts.parquet -o posts.labelled.jsonl --text-column body
       cat posts.jsonl | emolabel tag - --input-format jsonl > labelled.jsonl
       emolabel tag big.csv -o - --output-format csv | head
+      emolabel tag 'data/*.parquet' -o labelled/ --engine ray --workers 2-8
     """
     from emolabel import tables
 
     console = _stderr_console(quiet)
+    if engine == "ray":
+        _tag_ray(console, inputs, output, model_dir, text_column, prefix, input_format, output_format, id_column,
+                 workers, cpus_per_worker, gpus_per_worker, chunk_rows, device, precision, ray_address, overwrite)
+        return
+    ray_only = {"--workers": workers, "--ray-address": ray_address, "--id-column": id_column,
+                "--gpus-per-worker": gpus_per_worker or None, "--cpus-per-worker": None if cpus_per_worker == 1.0 else 1}
+    misused = [k for k, v in ray_only.items() if v is not None]
+    if misused:
+        raise click.UsageError(f"{', '.join(misused)} only apply with --engine ray.")
+    if len(inputs) != 1:
+        raise click.UsageError("The local engine takes one INPUT; for many files use --engine ray.")
+    input = inputs[0]
     try:
         in_fmt = tables.Format(input_format) if input_format else None
         out_fmt = tables.Format(output_format) if output_format else None
@@ -235,6 +263,45 @@ def tag(
         if reader is not None:
             reader.close()
     _print_summary(console, summary, output)
+
+
+def _tag_ray(console: Any, inputs: tuple[str, ...], output: str, model_dir: str | None, text_column: str,
+             prefix: str, input_format: str | None, output_format: str | None, id_column: str | None,
+             workers: str | None, cpus_per_worker: float, gpus_per_worker: float, chunk_rows: int | None,
+             device: str, precision: str, ray_address: str | None, overwrite: bool) -> None:
+    """--engine ray: the same model and batch code, run by Ray Data actors (emolabel/ray_engine.py)."""
+    if output == "-":
+        raise click.UsageError("--engine ray writes a folder of part files: give -o FOLDER.")
+    pool: int | tuple[int, int]
+    if workers:
+        try:
+            lo, _, hi = workers.partition("-")
+            pool = (int(lo), int(hi)) if hi else int(lo)
+        except ValueError:
+            raise click.BadParameter("N or MIN-MAX, e.g. 4 or 1-8", param_hint="--workers") from None
+    elif gpus_per_worker:
+        pool = 1
+    else:
+        pool = (1, max(1, int((len(os.sched_getaffinity(0)) - 1) // cpus_per_worker)))
+    from emolabel.config import default_model_dir
+
+    try:
+        with _signals_raise():
+            from emolabel.ray_engine import tag_with_ray
+
+            s = tag_with_ray(list(inputs), output, model_dir=str(model_dir or default_model_dir()),
+                             text_column=text_column, prefix=prefix, input_format=input_format,
+                             output_format=output_format or "parquet", id_column=id_column, workers=pool,
+                             cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                             batch_size=chunk_rows or 4096, device=device, precision=precision,
+                             ray_address=ray_address, overwrite=overwrite)
+    except Interrupted as e:
+        console.print(f"[bold red]Interrupted[/] ({e}). Nothing was written to {output}.")
+        sys.exit(128 + e.signum)
+    except EmolabelError as e:
+        raise _fail(e) from None
+    console.print(f"tagged {s['rows']:,} rows in {s['seconds']:.1f} s ({s['rows_per_s']:,.0f} rows/s) with Ray "
+                  f"-> {s['output_dir']} ({len(s['files'])} part files); {s['empty']:,} empty", soft_wrap=True)
 
 
 @contextmanager

@@ -16,8 +16,8 @@ How it works:
   (s3://, gs://, abfs://, hdfs://, file://) work. Globs are expanded here (Ray has none).
 * Row ids: Ray does not keep row order, so every output row carries a join key. With
   `id_column`, that column (which must exist in every file). Otherwise `{prefix}_row_id`, a
-  string `"<source path>#<row index in that file>"` (0-based data row; for object stores the
-  path keeps its scheme). The index is counted *inside the read of that file*: Ray calls
+  string `"<source path>#<row index in that file>"` (0-based data row; local paths are made
+  absolute, object-store paths keep their scheme). The index is counted *inside the read of that file*: Ray calls
   `_read_stream()` once per file, from its first byte, in one task, and a retried read
   replays the file from the start, so the count is the same on every attempt. Only after the
   ids exist is the dataset split into `batch_size`-row blocks (a streaming repartition), so the
@@ -39,6 +39,12 @@ How it works:
   from a partial one (with `overwrite`, the old output is deleted before the job starts, and a
   failed job deletes what it wrote, best effort).
 
+Limits: on a multi-node cluster, local input paths and `model_dir` must exist on every node
+(a shared filesystem), or use object-store inputs; all inputs are one format and one filesystem.
+Row order is not kept (join on the id). Ray's C++ core prints one "constructor arguments in the
+object store and max_restarts > 0" line per job (ray-project/ray#53727): harmless here, as the
+driver holds those arguments until the job ends.
+
 Fault-injection hook (tests only): if the environment variable `EMOLABEL_RAY_CRASH_ONCE` names a
 marker file, the first actor call that manages to create that file kills its own process
 (`os._exit(1)`) before labelling; later calls (and the restarted actor) run normally. Never set it
@@ -48,7 +54,6 @@ in production.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import glob as globlib
 import io
 import logging
@@ -75,9 +80,10 @@ SOURCE_COLUMN = "__emolabel_source"  # internal: the file of each row, for error
 # often) before the job fails: a crash that repeats (e.g. out of memory on one batch) ends the job
 # instead of looping forever.
 MAX_RESTARTS = 4
-# Read and write tasks reserve no CPU: the actors may hold every CPU of a node, and a read task
-# waiting for a CPU then starves the whole job (ray-project/ray#44687). Their number is capped
-# instead (READ_WRITE_TASKS), and parsing/compression is light next to the model.
+# Read, split and write tasks reserve no CPU: the actors may hold every CPU of a node, and a task
+# waiting for a CPU then starves the whole job (ray-project/ray#44687, measured here: 2 actors of
+# 1 CPU on 2 CPUs hung). Their concurrency is capped instead (max(2, workers) tasks), and parsing
+# and compression are light next to the model.
 READ_WRITE_CPUS = 0
 GLOB_CHARS = "*?["
 
@@ -100,7 +106,10 @@ def _is_uri(path: str) -> bool:
 
 
 def expand_inputs(inputs: list[str] | str) -> list[str]:
-    """Expand globs (local or `scheme://` URIs); plain paths, folders and URIs pass through."""
+    """Expand globs (local or `scheme://` URIs); plain paths, folders and URIs pass through.
+
+    Local paths become absolute (they are opened by worker processes, and name rows in the ids).
+    """
     if isinstance(inputs, str):
         inputs = [inputs]
     if not inputs:
@@ -110,9 +119,9 @@ def expand_inputs(inputs: list[str] | str) -> list[str]:
         if not any(c in p for c in GLOB_CHARS):
             if not _is_uri(p) and not os.path.exists(p):
                 raise InputError(f"Input file {p} does not exist.")
-            out.append(p)
+            out.append(p if _is_uri(p) else os.path.abspath(p))  # absolute: the workers' cwd may differ
             continue
-        matches = _glob_uri(p) if _is_uri(p) else sorted(globlib.glob(p, recursive=True))
+        matches = _glob_uri(p) if _is_uri(p) else sorted(os.path.abspath(m) for m in globlib.glob(p, recursive=True))
         matches = [m for m in matches if not os.path.basename(m.rstrip("/")).startswith(("_", "."))]
         if not matches:
             raise InputError(f"No files match {p}.")
@@ -121,7 +130,12 @@ def expand_inputs(inputs: list[str] | str) -> list[str]:
 
 
 def _glob_uri(pattern: str) -> list[str]:
-    """Expand a glob in an object-store URI by listing below its first glob-free folder."""
+    """Expand a glob in an object-store URI by listing below its first glob-free folder.
+
+    `*`, `?` and `[...]` match within one path segment, as a local glob; `**` is not supported.
+    """
+    from pathlib import PurePosixPath
+
     import pyarrow.fs as pafs
 
     scheme, rest = pattern.split("://", 1)
@@ -136,8 +150,13 @@ def _glob_uri(pattern: str) -> list[str]:
     # (s3://bucket/key lists as bucket/key); keep the pattern in that form.
     pat = (base_path.rstrip("/") + "/" + "/".join(parts[fixed:])) if base_path else "/".join(parts[fixed:])
     infos = fs.get_file_info(pafs.FileSelector(base_path, recursive=True, allow_not_found=True))
-    prefix = "file://" if scheme == "file" else f"{scheme}://"
-    return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatchcase(i.path, pat))
+    want = PurePosixPath(pat)
+
+    def matches(path: str) -> bool:
+        p = PurePosixPath(path)
+        return len(p.parts) == len(want.parts) and p.match(pat)
+
+    return sorted(f"{scheme}://{i.path}" for i in infos if i.type == pafs.FileType.File and matches(i.path))
 
 
 def _input_format(paths: list[str], input_format: str | None) -> str:
@@ -164,6 +183,9 @@ def _datasource_class() -> type:
     """A FileBasedDatasource that reads files with emolabel's readers and numbers their rows."""
     from ray.data.datasource import FileBasedDatasource
 
+    import numpy as np
+    import pyarrow.compute as pc
+
     from emolabel.tables import Format, _open_csv, _open_jsonl, _short
 
     class EmolabelFiles(FileBasedDatasource):
@@ -177,6 +199,7 @@ def _datasource_class() -> type:
             self.id_column = id_column
             self.chunk_rows = chunk_rows
             self.scheme = scheme  # put back in front of the path Ray hands us (it strips s3:// etc.)
+            self.n_files = len(self._paths())  # after Ray expanded folders
 
         def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> Any:
             if self.fmt is Format.PARQUET:  # needs random access (the footer is at the end)
@@ -207,7 +230,6 @@ def _datasource_class() -> type:
                 reader = open_fn(name, stream, self.chunk_rows, "utf-8", "fail")
                 schema, batches = reader.schema, iter(reader)
             self._check_schema(schema, name)
-            source = pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array([name]))
             start = 0  # the row index within this file: counted here, in file order
             for batch in batches:
                 n = batch.num_rows
@@ -215,9 +237,11 @@ def _datasource_class() -> type:
                     continue
                 table = pa.Table.from_batches([batch])
                 if self.id_column is None:
-                    ids = pa.array([f"{name}#{i}" for i in range(start, start + n)], pa.string())
+                    index = pc.cast(pa.array(np.arange(start, start + n)), pa.string())
+                    ids = pc.binary_join_element_wise(f"{name}#", index, "")
                     table = table.append_column(f"{self.prefix}_row_id", ids)
-                table = table.append_column(SOURCE_COLUMN, source.take(pa.array([0] * n, pa.int32())))
+                source = pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), pa.array([name]))
+                table = table.append_column(SOURCE_COLUMN, source)
                 start += n
                 yield table
 
@@ -298,11 +322,16 @@ class LabelerActor:
 # Ray setup
 
 
+def _is_local(ray_address: str | None) -> bool:
+    """A new Ray of this machine only (not a cluster to join)."""
+    return ray_address in (None, "local") and not os.environ.get("RAY_ADDRESS")
+
+
 def _ensure_ray(ray: Any, ray_address: str | None) -> bool:
     """Start or join Ray unless this process already did; True if started here."""
     if ray.is_initialized():
         return False
-    local = ray_address in (None, "local") and not os.environ.get("RAY_ADDRESS")
+    local = _is_local(ray_address)
     if local:
         # Ray 2.60 turns on token auth for new clusters; a private local one needs none.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -320,24 +349,30 @@ def _ensure_ray(ray: Any, ray_address: str | None) -> bool:
 
 
 def _find_emolabel_error(exc: BaseException) -> EmolabelError | None:
-    """The EmolabelError inside a Ray exception (RayTaskError, UserCodeException, chains)."""
+    """Our error inside a Ray exception (RayTaskError's `cause`, exception chains), as a plain
+    emolabel error: same class, our message without the retry note Ray appends to it."""
+    import re
+
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
+    found: EmolabelError | None = None
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
         if isinstance(e, EmolabelError):
-            return e
-        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    return None
-
-
-def _clean_error(e: EmolabelError) -> EmolabelError:
-    """A plain EmolabelError of the same class and message (not Ray's dual-class wrapper)."""
-    cls = next((c for c in type(e).__mro__ if c.__module__ == "emolabel.errors"), EmolabelError)
-    return cls(str(e.args[0]) if e.args else str(e))
+            found = found or e
+            if type(e).__module__ == EmolabelError.__module__:  # not Ray's RayTaskError(InputError)
+                found = e
+                break
+        stack += [e.__context__, e.__cause__, getattr(e, "cause", None)]
+    if found is None:
+        return None
+    cls = next(c for c in type(found).__mro__ if c.__module__ == EmolabelError.__module__)
+    msg = str(found.args[0]) if found.args else str(found)
+    msg = re.sub(r"\nFailed to .*? after \d+/\d+ attempts.*", "", msg, flags=re.S)
+    return cls(msg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,27 +400,60 @@ def _prepare_uri_output(output_dir: str, overwrite: bool) -> tuple[Any, str]:
     except (pa.ArrowException, ValueError, OSError) as e:
         raise OutputError(f"Cannot write {output_dir}: {e}") from None
     if info.type != pafs.FileType.NotFound:
-        listing = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)) if info.type == pafs.FileType.Directory else [info]
+        is_dir = info.type == pafs.FileType.Directory
+        listing = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)) if is_dir else [info]
         if listing and not overwrite:
             raise OutputError(f"{output_dir} already exists. Pass overwrite=True to replace it.")
         if listing:  # no rename on object stores: drop the marker first, then the old parts
             with contextlib.suppress(OSError, pa.ArrowException):
                 fs.delete_file(f"{path.rstrip('/')}/{SUCCESS}")
-            if info.type == pafs.FileType.Directory:
+            if is_dir:
                 fs.delete_dir_contents(path, missing_dir_ok=True)
             else:
                 fs.delete_file(path)
     return fs, path
 
 
+def _zero_cpu(ds: Any) -> None:
+    """Let the last logical operator (the streaming repartition) run without reserving a CPU.
+
+    `repartition()` has no resource arguments and its tasks ask for 1 CPU; with actors holding
+    every CPU they would never start and the job would hang (ray-project/ray#44687). Ray 2.60
+    keeps the task options in the operator's `ray_remote_args` dict.
+    """
+    op = ds._logical_plan.dag
+    args = getattr(op, "ray_remote_args", None)
+    if isinstance(args, dict):
+        args["num_cpus"] = READ_WRITE_CPUS
+
+
 def _write(ds: Any, target: str, output_format: str, concurrency: int) -> None:
     remote = {"num_cpus": READ_WRITE_CPUS}
     if output_format == "parquet":
         ds.write_parquet(target, ray_remote_args=remote, concurrency=concurrency, compression="zstd")
-    elif output_format == "csv":
+    elif output_format == "csv":  # pyarrow's CSV writer, as the local engine
         ds.write_csv(target, ray_remote_args=remote, concurrency=concurrency)
-    else:  # JSON Lines: one object per line
-        ds.write_json(target, ray_remote_args=remote, concurrency=concurrency, lines=True, orient="records")
+    else:
+        ds.write_datasink(_jsonl_sink_class()(target), ray_remote_args=remote, concurrency=concurrency)
+
+
+def _jsonl_sink_class() -> type:
+    """JSON Lines parts written with polars, as the local engine (Ray's write_json goes through
+    pandas, which turns an integer column with nulls into floats)."""
+    from ray.data.datasource import BlockBasedFileDatasink
+
+    class JsonlSink(BlockBasedFileDatasink):
+        def __init__(self, path: str):
+            super().__init__(path, file_format="jsonl")
+
+        def write_block_to_file(self, block: Any, file: Any) -> None:
+            import polars as pl
+
+            buf = io.BytesIO()
+            pl.from_arrow(block.to_arrow()).write_ndjson(buf)
+            file.write(buf.getvalue())
+
+    return JsonlSink
 
 
 def _part_files(fs: Any, path: str) -> list[str]:
@@ -412,7 +480,8 @@ def _count(fs: Any, files: list[str], fmt: str, prefix: str) -> tuple[int, int]:
                 nulls = None
                 for g in range(md.num_row_groups):
                     rg = md.row_group(g)
-                    col = next((rg.column(j) for j in range(rg.num_columns) if rg.column(j).path_in_schema == prefix), None)
+                    col = next((rg.column(j) for j in range(rg.num_columns)
+                                if rg.column(j).path_in_schema == prefix), None)
                     if col is None or not col.is_stats_set or col.statistics.null_count is None:
                         nulls = None
                         break
@@ -489,13 +558,22 @@ def tag_with_ray(
     model_path = Path(model_dir).resolve()
     labels = list(ModelConfig.load(model_path).labels)  # a bad model folder fails here, before Ray starts
     _check_output(output_dir, overwrite)
-    schemes = {p.split("://", 1)[0] for p in paths if _is_uri(p)}
-    if schemes and len(schemes) != 1 or (schemes and len(schemes) == 1 and any(not _is_uri(p) for p in paths)):
+    schemes = {p.split("://", 1)[0] if _is_uri(p) else "" for p in paths}
+    if len(schemes) > 1:
         raise InputError("Inputs mix filesystems (local paths and URIs, or several schemes); use one per job.")
-    scheme = f"{next(iter(schemes))}://" if schemes and next(iter(schemes)) != "file" else ""
+    scheme = f"{schemes.pop()}://" if _is_uri(paths[0]) else ""
 
     ray = _import_ray()
     started = _ensure_ray(ray, ray_address)
+    if started and _is_local(ray_address):  # this machine only: a pool that cannot fit would wait forever
+        n_min = workers if isinstance(workers, int) else workers[0]
+        have = ray.cluster_resources()
+        for what, each in (("CPU", cpus_per_worker), ("GPU", gpus_per_worker)):
+            if each and n_min * each > have.get(what, 0):
+                ray.shutdown()
+                raise EmolabelError(f"{n_min} worker(s) x {each:g} {what}(s) each need more than the "
+                                    f"{have.get(what, 0):g} {what}(s) of this machine; use fewer workers "
+                                    f"or fewer {what}s per worker.")
     from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
     ctx = DataContext.get_current()
@@ -503,9 +581,13 @@ def tag_with_ray(
     ctx.enable_progress_bars = False
     if saved[1] is not None:
         ctx.print_on_execution_start = False
-    data_logger = logging.getLogger("ray.data")
-    saved_level = data_logger.level
-    data_logger.setLevel(logging.WARNING)
+    # Ray Data logs every failure with a full traceback on stderr; the EmolabelError raised here
+    # says it once, plainly. Its session log file (/tmp/ray/session_latest/logs/ray-data/) keeps all.
+    console = [h for h in logging.getLogger("ray.data").handlers
+               if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    saved_levels = [h.level for h in console]
+    for h in console:
+        h.setLevel(logging.CRITICAL)
 
     n_max = workers if isinstance(workers, int) else workers[1]
     io_tasks = max(2, n_max)
@@ -531,10 +613,12 @@ def tag_with_ray(
                                     id_column=id_column, chunk_rows=batch_size, scheme=scheme)
         except (OSError, ValueError, pa.ArrowException) as e:  # listing: a missing file or prefix
             raise InputError(f"Cannot read {', '.join(paths[:5])}: {e}") from None
-        ds = ray.data.read_datasource(datasource, num_cpus=READ_WRITE_CPUS, compute=TaskPoolStrategy(size=io_tasks))
+        read_tasks = TaskPoolStrategy(size=max(1, min(io_tasks, datasource.n_files)))
+        ds = ray.data.read_datasource(datasource, num_cpus=READ_WRITE_CPUS, compute=read_tasks)
         # The ids are in the rows now; splitting into batch-sized blocks lets several actors
         # share one file (a Parquet file is otherwise one block).
         ds = ds.repartition(target_num_rows_per_block=batch_size)
+        _zero_cpu(ds)
         compute = (ActorPoolStrategy(size=workers) if isinstance(workers, int)
                    else ActorPoolStrategy(min_size=workers[0], max_size=workers[1]))
         with warnings.catch_warnings():
@@ -555,16 +639,17 @@ def tag_with_ray(
                 max_task_retries=MAX_RESTARTS,
             )
         try:
-            _write(ds, write_to, output_format, io_tasks)
-        except EmolabelError:
-            raise
+            with warnings.catch_warnings():  # Ray's note that a small input cannot use every task slot
+                warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
+                _write(ds, write_to, output_format, io_tasks)
         except Exception as e:  # noqa: BLE001 - Ray wraps our errors; find ours, else name the inputs
             ours = _find_emolabel_error(e)
             if ours is not None:
-                raise _clean_error(ours) from None
+                raise ours from None
             first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise EmolabelError(f"The Ray job labelling {', '.join(paths[:5])}"
-                                f"{' ...' if len(paths) > 5 else ''} failed: {first}") from e
+                                f"{' ...' if len(paths) > 5 else ''} failed: {first} (Ray's logs: "
+                                "/tmp/ray/session_latest/logs/)") from e
 
         parts = _part_files(fs, target)
         rows, empty = _count(fs, parts, output_format, prefix)
@@ -574,6 +659,8 @@ def tag_with_ray(
             _move_into_place(write_to, output_dir)
             final = os.path.abspath(output_dir)
             parts = [os.path.join(final, os.path.relpath(p, write_to)) for p in parts]
+        else:
+            parts = [f"{output_dir.split('://', 1)[0]}://{p}" for p in parts]
     except BaseException:
         if fs is not None and target is not None:
             with contextlib.suppress(Exception):
@@ -586,7 +673,8 @@ def tag_with_ray(
         ctx.enable_progress_bars = saved[0]
         if saved[1] is not None:
             ctx.print_on_execution_start = saved[1]
-        data_logger.setLevel(saved_level)
+        for h, level in zip(console, saved_levels):
+            h.setLevel(level)
         if started:
             ray.shutdown()
     seconds = time.perf_counter() - start
