@@ -88,7 +88,7 @@ def cli() -> None:
 @click.option("--batch-size", type=click.IntRange(1), help="Most rows per model batch [1024 GPU, 64 CPU].")
 @click.option("--max-tokens", type=click.IntRange(2), help="Most padded tokens per batch [65536 GPU, 4096 CPU].")
 @click.option("--max-length", type=click.IntRange(2), help="Truncate texts to this many tokens [model's, 128].")
-@click.option("--chunk-rows", type=click.IntRange(1), help="Rows read, length-sorted and written at a time [65536 GPU, 8192 CPU].")
+@click.option("--chunk-rows", type=click.IntRange(1), help="Rows read, length-sorted and written at a time [65536 GPU, 8192 CPU; Ray: rows per actor call, 4096].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]), default="auto",
               show_default=True, help="auto is bf16 on a GPU, fp32 on the CPU; int8 is the quantized CPU path.")
