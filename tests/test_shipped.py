@@ -21,7 +21,7 @@ needs_data = pytest.mark.skipif(not (EMOTION_DATA / "test.csv").exists(),
 def labeler():
     import emolabel
 
-    return emolabel.load(device="cpu")
+    return emolabel.load(device="cpu", precision="fp32")
 
 
 def test_default_model_is_the_shipped_one():
@@ -62,6 +62,18 @@ def test_accuracy_target_on_the_test_split(labeler):
     assert m["accuracy"] >= 0.935  # issue 3's target
     assert m["macro_f1"] >= 0.885  # measured 0.8922; the 0.900 target is not met yet (see EXPERIMENTS.md)
     assert m["ece"] < 0.05  # calibrated by the fitted temperature
+
+
+@needs_data
+def test_int8_default_on_cpu_costs_under_0_3_points(labeler):
+    import emolabel
+
+    texts, y = _test_split()
+    int8 = emolabel.load(device="cpu")
+    assert int8.precision == "int8"
+    exact = (labeler.predict_proba(texts).argmax(1) == y).mean()
+    fast = (int8.predict_proba(texts).argmax(1) == y).mean()
+    assert exact - fast <= 0.003  # issue 4's budget for an approximation (measured: 0.10 points)
 
 
 @needs_data
