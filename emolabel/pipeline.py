@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 

@@ -181,10 +181,9 @@ def _input_format(paths: list[str], input_format: str | None) -> str:
 
 def _datasource_class() -> type:
     """A FileBasedDatasource that reads files with emolabel's readers and numbers their rows."""
-    from ray.data.datasource import FileBasedDatasource
-
     import numpy as np
     import pyarrow.compute as pc
+    from ray.data.datasource import FileBasedDatasource
 
     from emolabel.tables import Format, _open_csv, _open_jsonl, _short
 

@@ -33,9 +33,9 @@ def write_csv(path, rows, header=("text", "label")):
 
 @pytest.fixture
 def data(tmp_path):
-    train = write_csv(tmp_path / "train.csv", [(t, str(["sadness", "joy", "love", "anger", "fear", "surprise"].index(l)))
-                                               for t, l in ROWS * 6])
-    valid = write_csv(tmp_path / "valid.csv", [(t, l) for t, l in ROWS])  # names, not ids: both work
+    train = write_csv(tmp_path / "train.csv", [(t, str(["sadness", "joy", "love", "anger", "fear", "surprise"].index(lab)))
+                                               for t, lab in ROWS * 6])
+    valid = write_csv(tmp_path / "valid.csv", list(ROWS))  # names, not ids: both work
     return train, valid
 
 
