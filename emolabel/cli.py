@@ -270,6 +270,8 @@ def _tag_ray(console: Any, inputs: tuple[str, ...], output: str, model_dir: str 
              workers: str | None, cpus_per_worker: float, gpus_per_worker: float, chunk_rows: int | None,
              device: str, precision: str, ray_address: str | None, overwrite: bool) -> None:
     """--engine ray: the same model and batch code, run by Ray Data actors (emolabel/ray_engine.py)."""
+    from emolabel.config import available_cpus, default_model_dir
+
     if output == "-":
         raise click.UsageError("--engine ray writes a folder of part files: give -o FOLDER.")
     pool: int | tuple[int, int]
@@ -282,8 +284,7 @@ def _tag_ray(console: Any, inputs: tuple[str, ...], output: str, model_dir: str 
     elif gpus_per_worker:
         pool = 1
     else:
-        pool = (1, max(1, int((len(os.sched_getaffinity(0)) - 1) // cpus_per_worker)))
-    from emolabel.config import default_model_dir
+        pool = (1, max(1, int((available_cpus() - 1) // cpus_per_worker)))
 
     try:
         with _signals_raise():

@@ -96,6 +96,13 @@ class TrainConfig:
 DEFAULT_MODEL_NAME = "emotion-minilm"
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS has one, e.g. not on macOS)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_model_dir() -> Path:
     """The shipped model: $EMOLABEL_MODEL, else the copy installed with the package, else the
     checkout's weights/ folder (an editable install)."""

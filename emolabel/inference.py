@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import torch
 
 from emolabel import model as model_lib
-from emolabel.config import TOKENIZER_NAME
+from emolabel.config import TOKENIZER_NAME, available_cpus
 from emolabel.errors import EmolabelError, ModelError
 from emolabel.labels import softmax
 from emolabel.normalize import bert_uncased_ready, normalize
@@ -27,8 +27,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 # The Rust tokenizer tokenizes a batch on one thread unless told otherwise (measured here: 23k
 # rows/s on one core, 50k on two); use every core this process may run on.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-os.environ.setdefault("RAYON_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                              else os.cpu_count() or 1))
+os.environ.setdefault("RAYON_NUM_THREADS", str(available_cpus()))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -259,6 +258,3 @@ class Labeler:
         probs = self.predict_proba(texts)
         return [None if np.isnan(p[0]) else self.labels[int(p.argmax())] for p in probs]
 
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

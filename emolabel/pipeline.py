@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 
+from emolabel.config import available_cpus
 from emolabel.errors import InputError, OutputError
-from emolabel.inference import Labeler, Prepared, default_threads
+from emolabel.inference import Labeler, Prepared
 from emolabel.labels import append_columns, column_names, output_schema
 from emolabel.tables import Reader, Writer  # or checkpoint.CheckpointWriter: the same write()/commit()
 
@@ -82,7 +83,7 @@ def tag(
     """
     schema = check_columns(reader, text_column, labeler.labels, prefix)
     if workers is None:  # on a GPU the CPU side is the bottleneck; on the CPU the model is
-        workers = max(1, min(4, default_threads() // 4)) if labeler.device.type == "cuda" else 1
+        workers = max(1, min(4, available_cpus() // 4)) if labeler.device.type == "cuda" else 1
     summary = Summary()
     start = time.perf_counter()
     counts = np.zeros(len(labeler.labels), dtype=np.int64)

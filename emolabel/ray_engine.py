@@ -338,7 +338,9 @@ def _ensure_ray(ray: Any, ray_address: str | None) -> bool:
     kwargs: dict[str, Any] = dict(address=ray_address, include_dashboard=False, log_to_driver=False,
                                   logging_level=logging.WARNING, configure_logging=True)
     if local:
-        kwargs["num_cpus"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        from emolabel.config import available_cpus
+
+        kwargs["num_cpus"] = available_cpus()
     try:
         ray.init(**kwargs)
     except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ... all mean the same here

@@ -63,12 +63,17 @@ def test_signal_stops_quickly_and_leaves_nothing(tmp_path, big_input, tiny_model
     assert os.listdir(tmp_path) == [".out.parquet.emolabel-resume"]  # the committed progress only
 
 
-def test_kill_9_leaves_no_file_at_the_target(tmp_path, big_input, tiny_model):
-    target = tmp_path / "out.parquet"
+def kill_9_after_progress(big_input, tiny_model, target):
+    """A run killed with SIGKILL once it has committed a few chunks."""
     proc = start(big_input, tiny_model, target)
-    wait_for_progress(tmp_path, proc)
+    wait_for_progress(target.parent, proc)
     proc.kill()
     proc.communicate(timeout=30)
+
+
+def test_kill_9_leaves_no_file_at_the_target(tmp_path, big_input, tiny_model):
+    target = tmp_path / "out.parquet"
+    kill_9_after_progress(big_input, tiny_model, target)
     assert not target.exists()
     assert [p.name for p in tmp_path.iterdir()] == [".out.parquet.emolabel-resume"]  # the only trace
 
@@ -122,10 +127,7 @@ def test_resume_after_interruption_gives_the_uninterrupted_output(tmp_path, big_
 
 def test_resume_refuses_when_the_options_or_input_changed(tmp_path, big_input, tiny_model):
     target = tmp_path / "out.parquet"
-    proc = start(big_input, tiny_model, target)
-    wait_for_progress(tmp_path, proc)
-    proc.kill()
-    proc.communicate(timeout=30)
+    kill_9_after_progress(big_input, tiny_model, target)
     r = subprocess.run([sys.executable, "-m", "emolabel", "tag", str(big_input), "-o", str(target), "--model",
                         str(tiny_model), "--chunk-rows", "2000", "--prefix", "mood", "--resume"], capture_output=True)
     assert r.returncode == 1
