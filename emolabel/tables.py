@@ -162,7 +162,7 @@ def _open_parquet(path: str, stream: IO[bytes], chunk_rows: int) -> Reader:
     else:
         source = path
     try:
-        pf = pq.ParquetFile(source)
+        pf = pq.ParquetFile(source, pre_buffer=False)  # pre_buffer caches every row group read: memory grows with the file
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{name} is not a readable Parquet file ({_short(e)}).") from None
     closers.append(pf.close)
@@ -176,25 +176,64 @@ def _open_parquet(path: str, stream: IO[bytes], chunk_rows: int) -> Reader:
     return Reader(name, Format.PARQUET, pf.schema_arrow, pf.metadata.num_rows, batches(), _closers=closers)
 
 
-class _Prefixed(io.RawIOBase):
-    """A byte stream that replays `prefix` and then continues with `rest`."""
+class _RowBlocks(io.RawIOBase):
+    """`header` then `rest`, handed out in pieces of about `piece` bytes that end at a row end.
 
-    def __init__(self, prefix: bytes, rest: IO[bytes]):
-        self._prefix = prefix
+    pyarrow's CSV reader reads up to 32 blocks ahead of the parser, whatever their size. With
+    16 MB blocks (needed for multi-megabyte texts) that is up to 512 MB of input in memory, so
+    peak memory grew with the file. Handing it 256 KB pieces bounds that to ~8 MB, and ending
+    each piece at a newline outside quotes (RFC 4180 quoting: the parity of quote characters
+    tells) keeps a long row in one piece. This only chooses where pieces end: pyarrow still
+    finds the rows itself, so a wrong guess (a stray quote) costs memory, never correctness.
+    """
+
+    def __init__(self, header: bytes, rest: IO[bytes], piece: int = 256 << 10):
+        self._buf = bytearray(header)
         self._rest = rest
+        self._piece = piece
+        self._quoted = False  # inside a quoted field at the start of _buf
+        self._eof = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: Any) -> int:
-        if self._prefix:
-            n = min(len(b), len(self._prefix))
-            b[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:]
-            return n
-        data = self._rest.read(len(b))
+        data = self.read(len(b))
         b[: len(data)] = data
         return len(data)
+
+    def read(self, size: int | None = -1) -> bytes:
+        limit = size if size is not None and size > 0 else 1 << 62
+        searched = 0
+        while True:
+            if len(self._buf) >= min(self._piece, limit) or self._eof:
+                end = min(len(self._buf), limit)
+                cut = self._row_end(end, searched)
+                if cut or end >= limit or self._eof:
+                    cut = cut or end
+                    break
+                searched = end
+            more = self._rest.read(self._piece)
+            if more:
+                self._buf += more
+            else:
+                self._eof = True
+        out = bytes(self._buf[:cut])
+        del self._buf[:cut]
+        self._quoted ^= out.count(b'"') % 2 == 1
+        return out
+
+    def _row_end(self, end: int, searched: int) -> int:
+        """1 + the last newline in _buf[:end] that is outside quotes (0: none, or none past `searched`)."""
+        buf = self._buf
+        quotes = buf.count(b'"', 0, end) + self._quoted  # parity of the quotes before `end`
+        i, stop = buf.rfind(b"\n", searched, end), end
+        while i >= 0:
+            quotes -= buf.count(b'"', i, stop)
+            if quotes % 2 == 0:
+                return i + 1
+            i, stop = buf.rfind(b"\n", searched, i), i
+        return 0
 
 
 def _decode_or_fail(data: bytes, encoding: str, name: str, where: str) -> str:
@@ -264,7 +303,7 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
 
     try:
         reader = pa_csv.open_csv(
-            io.BufferedReader(_Prefixed(header, stream), 1 << 20),
+            _RowBlocks(header, stream),
             read_options=read_opts,
             parse_options=parse_opts,
             convert_options=convert_opts,
