@@ -377,7 +377,7 @@ def _teacher_targets(teachers: list[str], texts: list[str], labels: list[str], d
 
     total = None
     for folder in teachers:
-        teacher = Labeler(folder, device=device)
+        teacher = Labeler(folder, device=device, precision="fp32")  # soft targets at full precision, not int8
         if teacher.labels != labels:
             raise ModelError(f"Teacher {folder} has labels {teacher.labels}, the data has {labels}.")
         prep = teacher.prepare(pa.array(texts, pa.string()))
