@@ -9,9 +9,9 @@ T0=$(date +%s)
 nvidia-smi --query-gpu=name --format=csv,noheader; nproc
 PEAK=777.9  # bf16 8192^3 matmul measured on this card kind in the first call (bench/RESULTS.md)
 J="$OUT/bench.jsonl"
-python3 bench/model_ceiling.py --device cuda --rows 300000 --peak-tflops $PEAK | tee -a "$J"
-python3 bench/model_ceiling.py --device cuda --rows 300000 --batch-size 4096 --max-tokens 262144 --peak-tflops $PEAK | tee -a "$J"
-python3 bench/model_ceiling.py --device cuda --rows 200000 --shape bert-base --peak-tflops $PEAK | tee -a "$J"
+python3 bench/model_ceiling.py --device cuda --rows 300000 --data .carry/data --peak-tflops $PEAK | tee -a "$J"
+python3 bench/model_ceiling.py --device cuda --rows 300000 --data .carry/data --batch-size 4096 --max-tokens 262144 --peak-tflops $PEAK | tee -a "$J"
+python3 bench/model_ceiling.py --device cuda --rows 200000 --data .carry/data --shape bert-base --peak-tflops $PEAK | tee -a "$J"
 echo "elapsed $(( $(date +%s) - T0 ))s"
 python3 bench/throughput.py --device cuda --input parquet --rows 1000000 --baseline-rows 10000 --data .carry/data --json "$J"
 echo "elapsed $(( $(date +%s) - T0 ))s"

@@ -32,7 +32,7 @@ def main() -> None:
     out: dict = {"card": torch.cuda.get_device_name(0), "torch": torch.__version__}
     with open(a.data / "test.csv", newline="") as f:
         texts = [r["text"] for r in csv.DictReader(f)]
-    ref = Labeler(a.model, device="cpu").predict_proba(texts)
+    ref = Labeler(a.model, device="cpu", precision="fp32").predict_proba(texts)
     for precision in ("fp32", "bf16", "fp16"):
         for dev in ("cuda", "cuda:0"):
             p = Labeler(a.model, device=dev, precision=precision).predict_proba(texts)
