@@ -75,8 +75,9 @@ def main() -> None:
                        "--overwrite", "--model", str(model), "-q", "--input-format", fmt]
                 t0 = time.perf_counter()
                 with open(src, "rb") as stdin:
-                    launched = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, *cmd], stdin=stdin if mode == "stdin" else None,
-                                              capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                    launched = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, *cmd],
+                                              stdin=stdin if mode == "stdin" else None, capture_output=True,
+                                              env=dict(os.environ, PYTHONPATH=str(REPO)))
                 if launched.returncode != 0:
                     raise SystemExit(f"failed: {' '.join(cmd)}\n{launched.stderr.decode()[-2000:]}")
                 peak_kb = int(launched.stderr.decode().split()[-1])

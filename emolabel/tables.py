@@ -162,7 +162,8 @@ def _open_parquet(path: str, stream: IO[bytes], chunk_rows: int) -> Reader:
     else:
         source = path
     try:
-        pf = pq.ParquetFile(source, pre_buffer=False)  # pre_buffer caches every row group read: memory grows with the file
+        # pre_buffer (pyarrow's default) keeps every row group read: memory would grow with the file
+        pf = pq.ParquetFile(source, pre_buffer=False)
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{name} is not a readable Parquet file ({_short(e)}).") from None
     closers.append(pf.close)
@@ -271,7 +272,8 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
         invalid.append(row)
         return "error"
 
-    # A block must hold the longest row: 16 MB takes a multi-megabyte text in one field.
+    # Reads are at most one block; a row may span two (a longer one fails, named): 16 MB blocks take
+    # multi-megabyte texts in one field.
     read_opts = pa_csv.ReadOptions(block_size=CSV_BLOCK, encoding=encoding, use_threads=False)
     parse_opts = pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid)
     convert_opts = pa_csv.ConvertOptions(
@@ -450,7 +452,7 @@ def rechunk(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordB
             table = pa.Table.from_batches(pending)
             yield table.slice(0, rows).combine_chunks().to_batches()[0]  # copies only this chunk
             rest = table.slice(rows)
-            pending = rest.to_batches()  # zero-copy views: no re-copy of a 16 MB block per chunk
+            pending = rest.to_batches()  # zero-copy views: the rest is not re-copied for every chunk
             n = rest.num_rows
     if n:
         t = pa.Table.from_batches(pending).combine_chunks()
