@@ -6,6 +6,14 @@ runs share the card as separate processes. Everything is chosen on the validatio
 test split is read only to report each run's final number.
 
     python bench/gpu_train.py --data .carry/data --base .carry/minilm --out runs --deadline 330
+    python bench/gpu_train.py --plan round2 --data .carry/data --base .carry/minilm --out runs \
+        --phase1 170 --deadline 400
+
+round1 (the first lease, which made the shipped model): the twelve settings of GRID, then
+students of the four best. round2: ten teachers of several settings and seeds (six epochs), then
+eight students of the ensemble of all of them, ten epochs each, in three settings over seeds,
+compared by their mean over seeds as well as one by one. At a deadline each run gets SIGINT:
+`emolabel finetune` then saves the best epoch it has (see its training.json "stopped").
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +44,29 @@ GRID = {
     "mean-ls0.05-lr1e-4": dict(seed=2, pooling="mean", label_smoothing=0.05, lr=1e-4),
 }
 
+# round2: teachers, six epochs each (the best epochs of round1 were 2-8, most 3-6).
+MEAN_LS = dict(pooling="mean", label_smoothing=0.05, lr=1e-4)  # the shipped model's setting
+PLAIN = dict(lr=5e-5, layer_decay=1.0)  # round1's best on test
+T6 = dict(epochs=6, patience=2)
+TEACHERS2 = {
+    "t-mean-ls-s11": dict(MEAN_LS, seed=11, **T6),
+    "t-mean-ls-s12": dict(MEAN_LS, seed=12, **T6),
+    "t-mean-ls-s13": dict(MEAN_LS, seed=13, **T6),
+    "t-plain-s11": dict(PLAIN, seed=11, **T6),
+    "t-plain-s12": dict(PLAIN, seed=12, **T6),
+    "t-cls-s11": dict(seed=11, **T6),
+    "t-cls-s12": dict(seed=12, **T6),
+    "t-lr1.2e-4-s11": dict(seed=11, lr=1.2e-4, layer_decay=0.85, **T6),
+    "t-mean-s11": dict(seed=11, pooling="mean", **T6),
+    "t-head512-s11": dict(seed=11, head="512,256", activation="relu", dropout=0.2, **T6),
+}
+S10 = dict(epochs=10, patience=4)
+STUDENTS2 = {  # name: (settings, distillation weight alpha)
+    **{f"d-mean-ls-a0.5-s{i}": (dict(MEAN_LS, seed=i, **S10), 0.5) for i in (101, 102, 103)},
+    **{f"d-mean-ls-a0.8-s{i}": (dict(MEAN_LS, seed=i, **S10), 0.8) for i in (101, 102, 103)},
+    **{f"d-plain-a0.7-s{i}": (dict(PLAIN, seed=i, **S10), 0.7) for i in (101, 102)},
+}
+
 
 def args_for(cfg: dict) -> list[str]:
     out = []
@@ -53,13 +85,21 @@ def launch(name: str, cfg: dict, a: argparse.Namespace, extra: list[str] | None 
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def wait_all(procs: dict[str, subprocess.Popen], deadline: float) -> None:
+def wait_all(procs: dict[str, subprocess.Popen], deadline: float, grace: float = 25) -> None:
+    """Wait for every run; at the deadline, SIGINT (the run saves its best epoch), then kill."""
     while any(p.poll() is None for p in procs.values()):
         if time.time() > deadline:
-            for name, p in procs.items():
-                if p.poll() is None:
-                    print(f"deadline: killing {name}", flush=True)
-                    p.kill()
+            late = [n for n, p in procs.items() if p.poll() is None]
+            print(f"deadline: SIGINT to {', '.join(late)}", flush=True)
+            for n in late:
+                procs[n].send_signal(signal.SIGINT)
+            end = time.time() + grace
+            while time.time() < end and any(procs[n].poll() is None for n in late):
+                time.sleep(0.5)
+            for n in late:
+                if procs[n].poll() is None:
+                    print(f"deadline: killing {n}", flush=True)
+                    procs[n].kill()
             break
         time.sleep(1)
 
@@ -74,7 +114,8 @@ def score(name: str, a: argparse.Namespace) -> dict | None:
             "valid_macro_f1": info["validation_metrics"]["macro_f1"], "best_epoch": info["best_epoch"],
             "seconds": info["seconds"], "temperature": info["temperature"], "train_config": info["train_config"],
             "pooling": info["model"]["pooling"], "head": info["model"]["head_hidden"],
-            "teachers": info.get("teachers", [])}
+            "teachers": info.get("teachers", []), "stopped": info.get("stopped"),
+            "epochs_run": len(info["history"])}
 
 
 def test_scores(names: list[str], a: argparse.Namespace, styles: bool = False) -> dict[str, dict]:
@@ -100,62 +141,118 @@ def test_scores(names: list[str], a: argparse.Namespace, styles: bool = False) -
     return out
 
 
+def ensemble_scores(names: list[str], a: argparse.Namespace) -> dict:
+    """Validation and test numbers of the mean logits of these runs: what the students learn from."""
+    import numpy as np
+    import pyarrow as pa
+
+    from emolabel.evaluate import classification_metrics
+    from emolabel.inference import Labeler
+    from emolabel.train import labelled_data, read_table
+
+    out = {"members": names}
+    for split in ("validation", "test"):
+        total, data = None, None
+        for name in names:
+            lb = Labeler(a.out / name, device=a.device, precision="fp32")
+            if data is None:
+                data, _ = labelled_data(read_table(str(a.data / f"{split}.csv"), None), split, "text", "label",
+                                        lb.labels)
+            prep = lb.prepare(pa.array(data.texts, pa.string()))
+            logits = np.zeros((len(data.texts), len(lb.labels)), np.float32)
+            logits[prep.rows] = lb.logits(prep)
+            total = logits if total is None else total + logits
+        m = classification_metrics(data.labels, total.argmax(1), total.shape[1])
+        out[split] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+    return out
+
+
+def run_phase(runs: dict[str, tuple[dict, list[str]]], a: argparse.Namespace, deadline: float) -> list[dict]:
+    t = time.time()
+    procs = {n: launch(n, cfg, a, extra) for n, (cfg, extra) in runs.items()}
+    wait_all(procs, deadline)
+    done = [r for n in runs if (r := score(n, a))]
+    print(f"{len(done)}/{len(runs)} runs in {time.time() - t:.0f} s", flush=True)
+    for r in sorted(done, key=lambda r: r["valid_macro_f1"], reverse=True):
+        print(f"  {r['name']:24s} valid acc {r['valid_accuracy']:.4f} F1 {r['valid_macro_f1']:.4f} "
+              f"epoch {r['best_epoch']}/{r['epochs_run']} {r['seconds']:.0f}s {r['stopped'] or ''}", flush=True)
+    return done
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--base", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--plan", choices=["round1", "round2"], default="round1")
     ap.add_argument("--deadline", type=float, default=330, help="seconds for all training")
-    ap.add_argument("--grid", default=",".join(GRID))
-    ap.add_argument("--teachers", type=int, default=4)
-    ap.add_argument("--students", type=int, default=4)
+    ap.add_argument("--phase1", type=float, help="round2: seconds for the teachers")
+    ap.add_argument("--grid", default=",".join(GRID), help="round1: which settings")
+    ap.add_argument("--teachers", type=int, default=4, help="round1: the best N runs teach")
+    ap.add_argument("--students", type=int, default=4, help="round1: how many students")
+    ap.add_argument("--only", help="round2: comma-separated teacher and student names to run (a dry run)")
+    ap.add_argument("--epochs", type=int, help="round2: override every run's epochs (a dry run)")
     ap.add_argument("--device", default="cuda")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     end = t0 + a.deadline
+    summary: dict = {"plan": a.plan}
 
-    names = a.grid.split(",")
-    procs = {n: launch(n, GRID[n], a) for n in names}
-    wait_all(procs, end - 20)
-    results = [r for n in names if (r := score(n, a))]
-    print(f"phase 1: {len(results)}/{len(names)} runs in {time.time() - t0:.0f} s", flush=True)
-    results.sort(key=lambda r: (r["valid_macro_f1"], r["valid_accuracy"]), reverse=True)
-    for r in results:
-        print(f"  {r['name']:22s} valid acc {r['valid_accuracy']:.4f} F1 {r['valid_macro_f1']:.4f} "
-              f"epoch {r['best_epoch']} {r['seconds']:.0f}s", flush=True)
-
-    # Phase 2: distil the ensemble of the best runs into single students, if time allows.
-    phase1 = time.time() - t0
-    teachers = [str(a.out / r["name"]) for r in results[: a.teachers]]
-    if len(teachers) >= 2 and end - time.time() > phase1 * 0.9 + 20:
-        best_cfg = dict(GRID[results[0]["name"]])
-        students = {}
-        for i in range(a.students):
-            cfg = dict(best_cfg, seed=100 + i)
-            extra = [x for t in teachers for x in ("--teacher", t)]
-            if i % 2:
-                extra += ["--distill-alpha", "0.7"]
-            students[f"distil-s{100 + i}" + ("-a0.7" if i % 2 else "")] = (cfg, extra)
-        procs = {n: launch(n, cfg, a, extra) for n, (cfg, extra) in students.items()}
-        wait_all(procs, end)
-        more = [r for n in students if (r := score(n, a))]
-        print(f"phase 2: {len(more)}/{len(students)} students in {time.time() - t0:.0f} s", flush=True)
-        results = sorted(results + more, key=lambda r: (r["valid_macro_f1"], r["valid_accuracy"]), reverse=True)
+    if a.plan == "round2":
+        only = set(a.only.split(",")) if a.only else None
+        over = {"epochs": a.epochs} if a.epochs else {}
+        teachers = {n: (dict(c, **over), []) for n, c in TEACHERS2.items() if not only or n in only}
+        results = run_phase(teachers, a, t0 + (a.phase1 or a.deadline / 2))
+        members = [r["name"] for r in results]
+        flags = [x for n in members for x in ("--teacher", str(a.out / n))]
+        students = {n: (dict(c, **over), [*flags, "--distill-alpha", str(alpha)])
+                    for n, (c, alpha) in STUDENTS2.items() if not only or n in only}
+        results += run_phase(students, a, end) if len(members) >= 1 else []
+        summary["ensemble"] = ensemble_scores(members, a) if members else None
     else:
-        print("phase 2 skipped (time)", flush=True)
+        names = a.grid.split(",")
+        results = run_phase({n: (GRID[n], []) for n in names}, a, end - 20)
+        # Phase 2: distil the ensemble of the best runs into single students, if time allows.
+        phase1 = time.time() - t0
+        results.sort(key=lambda r: (r["valid_macro_f1"], r["valid_accuracy"]), reverse=True)
+        teachers = [str(a.out / r["name"]) for r in results[: a.teachers]]
+        if len(teachers) >= 2 and end - time.time() > phase1 * 0.9 + 20:
+            best_cfg = dict(GRID[results[0]["name"]])
+            students = {}
+            for i in range(a.students):
+                extra = [x for t in teachers for x in ("--teacher", t)]
+                if i % 2:
+                    extra += ["--distill-alpha", "0.7"]
+                students[f"distil-s{100 + i}" + ("-a0.7" if i % 2 else "")] = (dict(best_cfg, seed=100 + i), extra)
+            results += run_phase(students, a, end)
+        else:
+            print("phase 2 skipped (time)", flush=True)
 
+    results.sort(key=lambda r: (r["valid_macro_f1"], r["valid_accuracy"]), reverse=True)
     tests = test_scores([r["name"] for r in results], a)
     best = results[0]["name"]
     tests[best] |= test_scores([best], a, styles=True)[best]
     for r in results:
         r |= tests[r["name"]]
-    summary = {"chosen": best, "runs": results, "seconds": time.time() - t0}
+    summary |= {"chosen": best, "runs": results, "seconds": time.time() - t0}
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"{'run':24s} {'val acc':>8s} {'val F1':>7s} {'test acc':>8s} {'test F1':>7s}")
     for r in results:
         print(f"{r['name']:24s} {r['valid_accuracy']:8.4f} {r['valid_macro_f1']:7.4f} "
               f"{r['test_accuracy']:8.4f} {r['test_macro_f1']:7.4f}")
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        groups.setdefault(r["name"].rsplit("-s", 1)[0], []).append(r)
+    for g, rs in sorted(groups.items()):
+        if len(rs) > 1:
+            mean = {k: sum(r[k] for r in rs) / len(rs) for k in ("valid_macro_f1", "test_accuracy", "test_macro_f1")}
+            print(f"mean of {g} ({len(rs)} seeds): valid F1 {mean['valid_macro_f1']:.4f}, "
+                  f"test acc {mean['test_accuracy']:.4f}, test F1 {mean['test_macro_f1']:.4f}")
+    if summary.get("ensemble"):
+        e = summary["ensemble"]
+        print(f"ensemble of {len(e['members'])} teachers: valid {e['validation']['accuracy']:.4f} / "
+              f"{e['validation']['macro_f1']:.4f}, test {e['test']['accuracy']:.4f} / {e['test']['macro_f1']:.4f}")
     print(f"chosen on validation: {best}; styles: "
           + ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in tests[best]["styles"].items()), flush=True)
 

@@ -119,6 +119,8 @@ def finetune(train: str, valid: str, output: str, base: str | None, text_column:
                           f"({event['seconds']:.0f} s)")
         elif kind == "early_stop":
             console.print(f"early stop after epoch {event['epoch']} (best: {event['best_epoch']})")
+        elif kind == "interrupted":
+            console.print(f"interrupted in epoch {event['epoch']}: keeping epoch {event['best_epoch']}, the best so far")
         elif kind == "done":
             console.print(f"saved {event['out']}: best epoch {event['best_epoch']}, validation accuracy "
                           f"{event['valid_accuracy']:.2%}, macro-F1 {event['valid_macro_f1']:.4f}, "
@@ -134,7 +136,7 @@ def finetune(train: str, valid: str, output: str, base: str | None, text_column:
     except EmolabelError as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
-        console.print("[bold red]Interrupted[/]: no model was saved.")
+        console.print("[bold red]Interrupted[/] before the first epoch finished: no model was saved.")
         sys.exit(130)
     finally:
         log.close()

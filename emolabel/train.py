@@ -292,52 +292,59 @@ def finetune(
     emit({"event": "start", "train_rows": len(train_ids), "valid_rows": len(valid_ids),
           "epochs": cfg.epochs, "steps": total_steps, "base": base, "device": str(dev)})
 
-    # 5. The loop.
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        t0 = time.time()
-        losses = []
-        for rows in _batches(train_len, cfg.batch_size, rng):
-            ids, mask = _pad(train_ids, rows, mconfig.pad_token_id)
-            y = torch.from_numpy(train_data.labels[rows])
-            ids, mask, y = ids.to(dev, non_blocking=True), mask.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp):
-                logits, loss = model(ids, mask, y, label_smoothing=cfg.label_smoothing)
-            if soft is not None:  # distillation: match the teachers' softened distribution too
-                t = cfg.distill_temperature
-                target = soft[torch.from_numpy(rows)].to(dev, non_blocking=True)
-                kd = torch.nn.functional.kl_div(torch.log_softmax(logits.float() / t, -1), target,
-                                                reduction="batchmean") * t * t
-                loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            losses.append(loss.detach())
-            if step % 50 == 0 or step == total_steps:
-                recent = torch.stack(losses[-50:]).float().mean().item()  # one sync per 50 steps
-                if not math.isfinite(recent):
-                    raise EmolabelError(f"Training diverged at step {step} (loss {recent}); lower --lr.")
-                emit({"event": "step", "epoch": epoch, "step": step, "steps": total_steps, "loss": recent,
-                      "rows_per_s": len(losses) * cfg.batch_size / max(time.time() - t0, 1e-9)})
-        train_loss = torch.stack(losses).float().mean().item()
-        logits = _predict_logits(model, valid_ids, mconfig.pad_token_id, dev, amp_dtype if amp else None)
-        metrics = classification_metrics(valid_data.labels, logits.argmax(1), len(labels))
-        record = {"event": "epoch", "epoch": epoch, "train_loss": train_loss, "valid_accuracy": metrics["accuracy"],
-                  "valid_macro_f1": metrics["macro_f1"], "seconds": time.time() - t0}
-        history.append(record)
-        emit(record)
-        if metrics["macro_f1"] > best["macro_f1"]:
-            best = {"epoch": epoch, **metrics}
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            stale = 0
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                emit({"event": "early_stop", "epoch": epoch, "best_epoch": best["epoch"]})
-                break
+    # 5. The loop. Ctrl-C (SIGINT) ends it early and keeps the best epoch so far, as early stopping would.
+    stopped = None
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            t0 = time.time()
+            losses = []
+            for rows in _batches(train_len, cfg.batch_size, rng):
+                ids, mask = _pad(train_ids, rows, mconfig.pad_token_id)
+                y = torch.from_numpy(train_data.labels[rows])
+                ids, mask, y = ids.to(dev, non_blocking=True), mask.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp):
+                    logits, loss = model(ids, mask, y, label_smoothing=cfg.label_smoothing)
+                if soft is not None:  # distillation: match the teachers' softened distribution too
+                    t = cfg.distill_temperature
+                    target = soft[torch.from_numpy(rows)].to(dev, non_blocking=True)
+                    kd = torch.nn.functional.kl_div(torch.log_softmax(logits.float() / t, -1), target,
+                                                    reduction="batchmean") * t * t
+                    loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                losses.append(loss.detach())
+                if step % 50 == 0 or step == total_steps:
+                    recent = torch.stack(losses[-50:]).float().mean().item()  # one sync per 50 steps
+                    if not math.isfinite(recent):
+                        raise EmolabelError(f"Training diverged at step {step} (loss {recent}); lower --lr.")
+                    emit({"event": "step", "epoch": epoch, "step": step, "steps": total_steps, "loss": recent,
+                          "rows_per_s": len(losses) * cfg.batch_size / max(time.time() - t0, 1e-9)})
+            train_loss = torch.stack(losses).float().mean().item()
+            logits = _predict_logits(model, valid_ids, mconfig.pad_token_id, dev, amp_dtype if amp else None)
+            metrics = classification_metrics(valid_data.labels, logits.argmax(1), len(labels))
+            record = {"event": "epoch", "epoch": epoch, "train_loss": train_loss, "valid_accuracy": metrics["accuracy"],
+                      "valid_macro_f1": metrics["macro_f1"], "seconds": time.time() - t0}
+            history.append(record)
+            emit(record)
+            if metrics["macro_f1"] > best["macro_f1"]:
+                best = {"epoch": epoch, **metrics}
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                stale = 0
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    emit({"event": "early_stop", "epoch": epoch, "best_epoch": best["epoch"]})
+                    break
+    except KeyboardInterrupt:
+        if best_state is None:
+            raise  # nothing to keep: no epoch finished
+        stopped = f"interrupted in epoch {len(history) + 1}; kept epoch {best['epoch']}"
+        emit({"event": "interrupted", "epoch": len(history) + 1, "best_epoch": best["epoch"]})
 
     # 6. Keep the best epoch, calibrate its probabilities on validation, save.
     assert best_state is not None
@@ -364,6 +371,7 @@ def finetune(
                      "python": platform.python_version()},
         "save_dtype": save_dtype,
         "teachers": list(teachers or []),
+        "stopped": stopped,
     }
     (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     emit({"event": "done", "best_epoch": best["epoch"], "valid_accuracy": best["accuracy"],

@@ -70,6 +70,36 @@ def test_finetune_cli_with_log_and_fp16(tmp_path, tiny_base, data):
     assert "validation accuracy" in r.stderr
 
 
+def test_ctrl_c_keeps_the_best_epoch_so_far(tmp_path, tiny_base, data):
+    """SIGINT in epoch 2 of 5: the model of the finished epoch is saved, and says it was cut short."""
+    train, valid = data
+
+    def interrupt_in_epoch_2(event):  # step events come every 50 steps: 36 a batch-1 epoch, so step 50
+        if event["event"] == "step" and event["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    info = finetune(str(train), str(valid), tmp_path / "m", base=str(tiny_base), device="cpu",
+                    train_config=TrainConfig(epochs=5, batch_size=1, patience=5), on_event=interrupt_in_epoch_2)
+    assert [h["epoch"] for h in info["history"]] == [1]
+    assert info["best_epoch"] == 1 and info["stopped"] == "interrupted in epoch 2; kept epoch 1"
+    saved = json.loads((tmp_path / "m" / "training.json").read_text())
+    assert saved["stopped"] == info["stopped"]
+    Labeler(tmp_path / "m", device="cpu").predict_proba(["i feel happy"])  # a whole, loadable model
+
+
+def test_ctrl_c_before_any_epoch_saves_nothing(tmp_path, tiny_base, data):
+    train, valid = data
+
+    def interrupt(event):  # the last step of the only epoch, before its validation
+        if event["event"] == "step":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(str(train), str(valid), tmp_path / "m", base=str(tiny_base), device="cpu",
+                 train_config=TrainConfig(epochs=1, batch_size=1), on_event=interrupt)
+    assert not (tmp_path / "m" / "training.json").exists()
+
+
 def test_distillation_from_a_teacher(tmp_path, tiny_base, data, tiny_model):
     train, valid = data
     info = finetune(str(train), str(valid), tmp_path / "s", base=str(tiny_base), device="cpu",
