@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The third lease's one call (600 s at most): issue 3 first, then what is left for issue 4.
+# (Run 3 then ran the bert-base lines of bench/RESULTS.md by hand in a second, short call.)
 #  1. Training, round 2 (bench/gpu_train.py --plan round2): ten teachers (six epochs), then eight
 #     students of their ensemble (ten epochs), chosen on validation; every run scored on test.
 #  2. If time is left: the CUDA checks, the model-only ceiling and the end-to-end rate with the
