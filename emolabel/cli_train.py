@@ -129,7 +129,7 @@ def finetune(train: str, valid: str, output: str, base: str | None, text_column:
     from emolabel.train import finetune as run
 
     try:
-        run(train, valid, out, base=base, text_column=text_column, label_column=label_column,
+        info = run(train, valid, out, base=base, text_column=text_column, label_column=label_column,
             labels=_labels_option(labels), input_format=input_format, model_options=options, train_config=cfg,
             device=device, save_dtype=save_dtype, on_event=on_event, teachers=list(teachers) or None,
             command="emolabel finetune " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "")
@@ -140,6 +140,8 @@ def finetune(train: str, valid: str, output: str, base: str | None, text_column:
         sys.exit(130)
     finally:
         log.close()
+    if info.get("stopped"):  # saved, but the run did not end on its own: say so to scripts too
+        sys.exit(130)
 
 
 @click.command("eval")

@@ -100,6 +100,36 @@ def test_ctrl_c_before_any_epoch_saves_nothing(tmp_path, tiny_base, data):
     assert not (tmp_path / "m" / "training.json").exists()
 
 
+def test_sigint_to_the_cli_saves_the_best_epoch_and_exits_130(tmp_path, tiny_base, data):
+    """A real SIGINT to `emolabel finetune` once an epoch has ended: model saved, exit 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    train, valid = data
+    out = tmp_path / "m"
+    proc = subprocess.Popen([sys.executable, "-m", "emolabel", "finetune", str(train), "--validation", str(valid),
+                             "-o", str(out), "--base", str(tiny_base), "--device", "cpu", "--epochs", "100000",
+                             "--patience", "100000", "--batch-size", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, COLUMNS="200"))
+    log = out / "train_log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and '"event": "epoch"' in log.read_text():
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted in epoch" in err and "saved" in err and "Traceback" not in err
+    info = json.loads((out / "training.json").read_text())
+    assert info["stopped"].startswith("interrupted in epoch")
+    Labeler(out, device="cpu").predict_proba(["i feel happy"])
+
+
 def test_distillation_from_a_teacher(tmp_path, tiny_base, data, tiny_model):
     train, valid = data
     info = finetune(str(train), str(valid), tmp_path / "s", base=str(tiny_base), device="cpu",
