@@ -143,27 +143,21 @@ def test_scores(names: list[str], a: argparse.Namespace, styles: bool = False) -
 
 def ensemble_scores(names: list[str], a: argparse.Namespace) -> dict:
     """Validation and test numbers of the mean logits of these runs: what the students learn from."""
-    import numpy as np
-    import pyarrow as pa
-
+    from emolabel.config import ModelConfig
     from emolabel.evaluate import classification_metrics
-    from emolabel.inference import Labeler
-    from emolabel.train import labelled_data, read_table
+    from emolabel.train import ensemble_logits, labelled_data, read_table
 
-    out = {"members": names}
-    for split in ("validation", "test"):
-        total, data = None, None
-        for name in names:
-            lb = Labeler(a.out / name, device=a.device, precision="fp32")
-            if data is None:
-                data, _ = labelled_data(read_table(str(a.data / f"{split}.csv"), None), split, "text", "label",
-                                        lb.labels)
-            prep = lb.prepare(pa.array(data.texts, pa.string()))
-            logits = np.zeros((len(data.texts), len(lb.labels)), np.float32)
-            logits[prep.rows] = lb.logits(prep)
-            total = logits if total is None else total + logits
-        m = classification_metrics(data.labels, total.argmax(1), total.shape[1])
-        out[split] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+    labels = ModelConfig.load(a.out / names[0]).labels
+    splits = {s: labelled_data(read_table(str(a.data / f"{s}.csv"), None), s, "text", "label", labels)[0]
+              for s in ("validation", "test")}
+    texts = splits["validation"].texts + splits["test"].texts  # one pass: each model loads once
+    logits = ensemble_logits([str(a.out / n) for n in names], texts, labels, a.device)
+    out: dict = {"members": names}
+    start = 0
+    for s, data in splits.items():
+        m = classification_metrics(data.labels, logits[start:start + len(data.texts)].argmax(1), len(labels))
+        out[s] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+        start += len(data.texts)
     return out
 
 
@@ -208,8 +202,9 @@ def main() -> None:
         flags = [x for n in members for x in ("--teacher", str(a.out / n))]
         students = {n: (dict(c, **over), [*flags, "--distill-alpha", str(alpha)])
                     for n, (c, alpha) in STUDENTS2.items() if not only or n in only}
-        results += run_phase(students, a, end) if len(members) >= 1 else []
-        summary["ensemble"] = ensemble_scores(members, a) if members else None
+        if members:
+            results += run_phase(students, a, end)
+            summary["ensemble"] = ensemble_scores(members, a)
     else:
         names = a.grid.split(",")
         results = run_phase({n: (GRID[n], []) for n in names}, a, end - 20)

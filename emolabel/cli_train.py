@@ -130,9 +130,10 @@ def finetune(train: str, valid: str, output: str, base: str | None, text_column:
 
     try:
         info = run(train, valid, out, base=base, text_column=text_column, label_column=label_column,
-            labels=_labels_option(labels), input_format=input_format, model_options=options, train_config=cfg,
-            device=device, save_dtype=save_dtype, on_event=on_event, teachers=list(teachers) or None,
-            command="emolabel finetune " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "")
+                   labels=_labels_option(labels), input_format=input_format, model_options=options,
+                   train_config=cfg, device=device, save_dtype=save_dtype, on_event=on_event,
+                   teachers=list(teachers) or None,
+                   command="emolabel finetune " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "")
     except EmolabelError as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:

@@ -381,20 +381,22 @@ def finetune(
 
 def _teacher_targets(teachers: list[str], texts: list[str], labels: list[str], device: str, t: float) -> torch.Tensor:
     """Soft labels: the softmax at temperature t of the teachers' mean logits (an ensemble)."""
+    return torch.softmax(torch.from_numpy(ensemble_logits(teachers, texts, labels, device)) / t, dim=-1)
+
+
+def ensemble_logits(models: list[str], texts: list[str], labels: list[str], device: str) -> np.ndarray:
+    """(len(texts), labels) mean logits of these model folders, each scored at full precision (not int8)."""
     from emolabel.inference import Labeler
 
-    total = None
-    for folder in teachers:
-        teacher = Labeler(folder, device=device, precision="fp32")  # soft targets at full precision, not int8
-        if teacher.labels != labels:
-            raise ModelError(f"Teacher {folder} has labels {teacher.labels}, the data has {labels}.")
-        prep = teacher.prepare(pa.array(texts, pa.string()))
-        logits = np.zeros((len(texts), len(labels)), np.float32)
-        logits[prep.rows] = teacher.logits(prep)
-        total = logits if total is None else total + logits
-        del teacher
-    mean = torch.from_numpy(total / len(teachers))  # type: ignore[operator]
-    return torch.softmax(mean / t, dim=-1)
+    total = np.zeros((len(texts), len(labels)), np.float32)
+    for folder in models:
+        model = Labeler(folder, device=device, precision="fp32")
+        if model.labels != labels:
+            raise ModelError(f"Teacher {folder} has labels {model.labels}, the data has {labels}.")
+        prep = model.prepare(pa.array(texts, pa.string()))
+        total[prep.rows] += model.logits(prep)
+        del model
+    return total / len(models)
 
 
 @torch.no_grad()
