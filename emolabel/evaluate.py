@@ -1,4 +1,5 @@
-"""Metrics (accuracy, macro-F1, per-class P/R/F1, confusion matrix, ECE) and eval reports."""
+"""Metrics (accuracy, macro-F1, per-class P/R/F1, confusion matrix, ECE, selective accuracy) and
+eval over one or several labelled tables, with its report (metrics.json and pictures)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,37 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int 
     return float(ece)
 
 
+def reliability(probs: np.ndarray, y_true: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Mean confidence and accuracy per equal-width confidence bin (the reliability diagram's points)."""
+    conf = probs.max(axis=1) if len(probs) else np.zeros(0)
+    correct = probs.argmax(axis=1) == y_true if len(probs) else np.zeros(0, bool)
+    out = []
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            out.append({"confidence": float(conf[sel].mean()), "accuracy": float(correct[sel].mean()),
+                        "rows": int(sel.sum())})
+    return out
+
+
+THRESHOLDS = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # --min-score values eval reports
+
+
+def selective_accuracy(probs: np.ndarray, y_true: np.ndarray, thresholds=THRESHOLDS) -> list[dict[str, float]]:
+    """Coverage (share of rows labelled) and accuracy on them when rows whose top probability is
+    below a threshold get no label: what `tag --min-score` trades."""
+    ok = ~np.isnan(probs[:, 0])
+    conf = np.where(ok, np.nan_to_num(probs, nan=0).max(axis=1), -1.0)
+    correct = ok & (np.nan_to_num(probs, nan=0).argmax(axis=1) == y_true)
+    out = []
+    for t in thresholds:
+        kept = conf >= t
+        out.append({"min_score": float(t), "coverage": float(kept.mean()) if len(kept) else 0.0,
+                    "accuracy": float(correct[kept].mean()) if kept.any() else float("nan")})
+    return out
+
+
 def evaluate_probs(probs: np.ndarray, y_true: np.ndarray, labels: list[str]) -> dict[str, Any]:
     """All metrics for (n, labels) probabilities. A row with no text (NaN) counts as wrong."""
     n = len(labels)
@@ -59,36 +91,98 @@ def evaluate_probs(probs: np.ndarray, y_true: np.ndarray, labels: list[str]) -> 
     out["rows"] = int(len(y_true))
     out["rows_without_text"] = int(missing.sum())
     out["labels"] = list(labels)
+    out["per_class"] = {name: {"precision": out["precision"][i], "recall": out["recall"][i], "f1": out["f1"][i],
+                               "support": out["support"][i]} for i, name in enumerate(labels)}
+    out["selective"] = selective_accuracy(probs, y_true)
+    out["selective_curve"] = selective_accuracy(probs, y_true, tuple(np.round(np.linspace(0, 0.98, 50), 2)))
+    out["reliability"] = reliability(probs[~missing], y_true[~missing])
     return out
 
 
-def write_report(metrics: dict[str, Any], folder: Path) -> list[Path]:
-    """metrics.json and confusion_matrix.png (row-normalised colours, counts in the cells)."""
+def evaluate_tables(labeler: Any, tables: list[Any], styles: bool = False,
+                    on_table: Any = None) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Score `labeler` on labelled tables (data.SourceData, read and checked beforehand): one entry
+    per table, and their mean (each table counting once). Returns the report and each table's probs."""
+    report: dict[str, Any] = {"model": str(labeler.model_dir), "precision": labeler.precision,
+                              "device": str(labeler.device), "labels": list(labeler.labels), "tables": []}
+    all_probs = []
+    for src in tables:
+        probs = labeler.predict_proba(src.data.texts)
+        m = evaluate_probs(probs, src.data.labels, labeler.labels)
+        entry = {"path": src.source.path, "sha256": src.sha256} | m
+        if styles:
+            from emolabel.styles import STYLES
+
+            entry["styles"] = {}
+            for name, fn in STYLES.items():
+                sm = evaluate_probs(labeler.predict_proba([fn(t) for t in src.data.texts]), src.data.labels,
+                                    labeler.labels)
+                entry["styles"][name] = {k: sm[k] for k in ("accuracy", "macro_f1", "ece")}
+        report["tables"].append(entry)
+        all_probs.append(probs)
+        if on_table:
+            on_table(entry)
+    report["mean"] = {k: float(np.mean([t[k] for t in report["tables"]])) for k in ("accuracy", "macro_f1", "ece")}
+    return report, all_probs
+
+
+def plotting_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
+    """metrics.json, a confusion matrix picture per table, and calibration.png: a reliability
+    diagram and the coverage/accuracy curve of --min-score, one line per table."""
     folder.mkdir(parents=True, exist_ok=True)
     js = folder / "metrics.json"
-    js.write_text(json.dumps(metrics, indent=2) + "\n")
+    js.write_text(json.dumps(report, indent=2) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = metrics["labels"]
-    cm = np.asarray(metrics["confusion_matrix"])
-    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.1 * len(labels) + 2.5, 1.0 * len(labels) + 2))
-    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
-                    color="white" if share[i, j] > 0.5 else "black")
-    ax.set_title(f"accuracy {metrics['accuracy']:.2%}, macro-F1 {metrics['macro_f1']:.3f}")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    written = [js]
+    labels = report["labels"]
+    tables = report["tables"]
+    for t in tables:
+        cm = np.asarray(t["confusion_matrix"])
+        share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        fig, ax = plt.subplots(figsize=(1.1 * len(labels) + 2.5, 1.0 * len(labels) + 2))
+        im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                        color="white" if share[i, j] > 0.5 else "black")
+        ax.set_title(f"{Path(t['path']).name}: accuracy {t['accuracy']:.2%}, macro-F1 {t['macro_f1']:.3f}")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+        fig.tight_layout()
+        png = folder / ("confusion_matrix.png" if len(tables) == 1 else f"confusion_matrix-{Path(t['path']).stem}.png")
+        fig.savefig(png, dpi=120)
+        plt.close(fig)
+        written.append(png)
+    fig, (rel, cov) = plt.subplots(1, 2, figsize=(11, 4.5))
+    rel.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+    for t in tables:
+        bins = t["reliability"]
+        rel.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=Path(t["path"]).stem)
+        sel = [s for s in t["selective_curve"]]
+        cov.plot([s["coverage"] for s in sel], [s["accuracy"] for s in sel], label=Path(t["path"]).stem)
+    rel.set(xlabel="confidence (top probability)", ylabel="accuracy", title="reliability", xlim=(0, 1), ylim=(0, 1))
+    cov.set(xlabel="coverage (share of rows labelled)", ylabel="accuracy on labelled rows",
+            title="--min-score: coverage against accuracy", xlim=(0, 1.01))
+    rel.legend(fontsize=8)
+    cov.legend(fontsize=8)
     fig.tight_layout()
-    png = folder / "confusion_matrix.png"
+    png = folder / "calibration.png"
     fig.savefig(png, dpi=120)
     plt.close(fig)
-    return [js, png]
+    written.append(png)
+    return written

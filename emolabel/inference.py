@@ -17,12 +17,10 @@ import pyarrow.compute as pc
 import torch
 
 from emolabel import model as model_lib
-from emolabel.config import TOKENIZER_NAME, available_cpus
+from emolabel.config import PRECISIONS, TOKENIZER_NAME, available_cpus
 from emolabel.errors import EmolabelError, ModelError
 from emolabel.labels import softmax
 from emolabel.normalize import bert_uncased_ready, normalize
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 # The Rust tokenizer tokenizes a batch on one thread unless told otherwise (measured here: 23k
 # rows/s on one core, 50k on two); use every core this process may run on.
@@ -87,7 +85,7 @@ def load_tokenizer(folder: Path, max_length: int):  # -> tokenizers.Tokenizer
 class TextEncoder:
     """Normalization + tokenization, the same in finetune, eval and tag.
 
-    For uncased BERT tokenizers after social-v1 normalization, the tokenizer's own normalizer and
+    For uncased BERT tokenizers after social-v1/v2 normalization, the tokenizer's own normalizer and
     pre-tokenizer are replaced by equivalent vectorised steps (normalize.bert_uncased_ready) and a
     plain whitespace split: the same token ids, 2.4x faster.
     """
@@ -101,7 +99,7 @@ class TextEncoder:
         self.tokenizer = load_tokenizer(folder, max_length)
         spec = json.loads(self.tokenizer.to_str())
         norm, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
-        self.fast = fast and scheme == "social-v1" and norm.get("type") == "BertNormalizer" and bool(
+        self.fast = fast and scheme in ("social-v1", "social-v2") and norm.get("type") == "BertNormalizer" and bool(
             norm.get("lowercase")) and norm.get("strip_accents") in (None, True) and pre.get("type") == "BertPreTokenizer"
         if self.fast:
             self.tokenizer.normalizer = None

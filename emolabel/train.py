@@ -10,7 +10,6 @@ import platform
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,13 @@ import pyarrow as pa
 import torch
 
 from emolabel import model as model_lib
-from emolabel.config import EMOTIONS, ModelConfig, TrainConfig
+from emolabel.config import OBJECTIVES, ModelConfig, TrainConfig
+from emolabel.data import Source, epoch_count, epoch_rows, load_sources, parse_source
 from emolabel.errors import EmolabelError, InputError, ModelError
 from emolabel.evaluate import classification_metrics
 from emolabel.inference import TextEncoder, resolve_device
-from emolabel.tables import Format, open_input
 
 DEFAULT_BASE_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-@dataclass
-class LabelledData:
-    texts: list[str]
-    labels: np.ndarray  # (n,) int64 label ids
-    dropped: int  # rows without text
 
 
 def resolve_base(base: str | None) -> str:
@@ -49,78 +41,6 @@ def resolve_base(base: str | None) -> str:
     except ImportError:
         pass
     return DEFAULT_BASE_HUB_ID
-
-
-def read_table(path: str, fmt: str | None, encoding: str = "utf-8") -> pa.Table:
-    reader = open_input(path, Format(fmt) if fmt else None, chunk_rows=65536, encoding=encoding)
-    try:
-        return pa.Table.from_batches(list(reader), schema=reader.schema)
-    finally:
-        reader.close()
-
-
-def infer_labels(values: list[str]) -> list[str]:
-    """The label set of a training column: ids 0..5 are the emotion dataset's names."""
-    distinct = sorted(set(values))
-    if all(v.lstrip("-").isdigit() for v in distinct):
-        ids = sorted({int(v) for v in distinct})
-        if ids and ids[0] >= 0 and ids[-1] < len(EMOTIONS):
-            return list(EMOTIONS)
-        return [str(i) for i in range(ids[-1] + 1)] if ids[0] >= 0 else [str(i) for i in ids]
-    if set(distinct) <= set(EMOTIONS):
-        return list(EMOTIONS)
-    return distinct
-
-
-def labelled_data(table: pa.Table, name: str, text_column: str, label_column: str, labels: list[str] | None) -> tuple[LabelledData, list[str]]:
-    """Texts and label ids of a table; every problem is reported before training starts."""
-    for col, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
-        if col not in table.column_names:
-            raise InputError(
-                f"Column {col!r} not found in {name}. Available columns: {', '.join(table.column_names)}. "
-                f"Use {flag} to choose."
-            )
-    if table.num_rows == 0:
-        raise InputError(f"{name} has no rows: nothing to train or validate on.")
-    raw_labels = [None if v is None else str(v).strip() for v in table.column(label_column).to_pylist()]
-    missing = [i for i, v in enumerate(raw_labels) if not v]
-    if missing:
-        raise InputError(f"{name}: row {missing[0] + 1} has no label in column {label_column!r} "
-                         f"({len(missing)} such rows). Every training row needs a label.")
-    if labels is None:
-        labels = infer_labels(raw_labels)  # type: ignore[arg-type]
-        if len(labels) < 2:
-            raise InputError(f"{name} has only one label ({labels[0]!r}); a classifier needs at least two. "
-                             "Pass --labels to name the full label set.")
-    index = {n: i for i, n in enumerate(labels)}
-    if all(v.lstrip("-").isdigit() for v in raw_labels):  # type: ignore[union-attr]
-        ids = [int(v) for v in raw_labels]  # type: ignore[arg-type]
-        bad = [(r, v) for r, v in enumerate(ids) if not 0 <= v < len(labels)]
-        if bad:
-            r, v = bad[0]
-            raise InputError(f"{name}: row {r + 1} has label id {v}, outside 0..{len(labels) - 1} "
-                             f"for labels {', '.join(labels)}.")
-    else:
-        unknown = [(r, v) for r, v in enumerate(raw_labels) if v not in index]
-        if unknown:
-            r, v = unknown[0]
-            raise InputError(f"{name}: row {r + 1} has label {v!r}, which is not one of {', '.join(labels)}. "
-                             "Pass --labels to give the full label set.")
-        ids = [index[v] for v in raw_labels]  # type: ignore[index]
-    texts = table.column(text_column).cast(pa.string()).to_pylist()
-    keep = [i for i, t in enumerate(texts) if t is not None and t.strip()]
-    data = LabelledData([texts[i] for i in keep], np.asarray(ids, dtype=np.int64)[keep], len(texts) - len(keep))
-    if not data.texts:
-        raise InputError(f"{name}: every row's text is empty.")
-    return data, labels
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -172,18 +92,89 @@ def _param_groups(model: model_lib.EmotionClassifier, cfg: TrainConfig) -> list[
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The softmax temperature that minimises validation NLL (Guo et al. 2017), by grid search."""
-    t = torch.from_numpy(logits).double()
-    y = torch.from_numpy(labels)
+def fit_temperature(logits: np.ndarray | list[np.ndarray], labels: np.ndarray | list[np.ndarray]) -> float:
+    """The softmax temperature that minimises validation NLL (Guo et al. 2017), by grid search.
+    Given several tables, the mean of their NLLs: each table counts once, whatever its size."""
+    tables = list(zip(logits, labels)) if isinstance(logits, list) else [(logits, labels)]
+    ts = [(torch.from_numpy(lg).double(), torch.from_numpy(np.asarray(y))) for lg, y in tables]
     grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 400))
-    nll = [torch.nn.functional.cross_entropy(t / float(T), y).item() for T in grid]
+    nll = [np.mean([torch.nn.functional.cross_entropy(t / float(T), y).item() for t, y in ts]) for T in grid]
     return float(grid[int(np.argmin(nll))])
 
 
+def _objective(name: str, per_table: list[dict[str, Any]]) -> float:
+    if name == "first-macro-f1":
+        return per_table[0]["macro_f1"]
+    return float(np.mean([m["macro_f1"] for m in per_table]))
+
+
+def _as_sources(x: str | Source | list[str | Source]) -> list[Source]:
+    items = x if isinstance(x, list | tuple) else [x]
+    return [i if isinstance(i, Source) else parse_source(i) for i in items]
+
+
+def _load_base(base: str) -> tuple[Any, torch.nn.Module]:
+    """The base encoder (fp32, no pooler) and its fast tokenizer, from a folder or a hub id."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the load report lists the unused pooler weights: noise here
+    hf_logging.disable_progress_bar()
+    try:
+        hf_tok = AutoTokenizer.from_pretrained(base)
+        try:
+            encoder = AutoModel.from_pretrained(base, add_pooling_layer=False)
+        except TypeError:
+            encoder = AutoModel.from_pretrained(base)
+        encoder = encoder.float()  # train in fp32 (autocast on GPU) whatever the stored dtype
+    except (OSError, ValueError) as e:
+        raise ModelError(f"Cannot load base encoder {base!r}: {str(e).splitlines()[0]}. "
+                         "Give a local model folder, or a hub id on a machine with network.") from None
+    if not getattr(hf_tok, "is_fast", False):
+        raise ModelError(f"{base} has no fast (Rust) tokenizer; emolabel needs tokenizer.json.")
+    return hf_tok, encoder
+
+
+def texts_sha256(texts: list[str]) -> str:
+    """Identity of an ordered list of texts (saved teacher logits are only valid for the same list)."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()
+
+
+def save_logits(path: str | Path, logits: np.ndarray, texts: list[str], labels: list[str], teachers: list[str]) -> None:
+    """Teacher logits over the training texts, to distil more students later without the teachers."""
+    from safetensors.numpy import save_file
+
+    save_file({"logits": np.ascontiguousarray(logits, np.float32)}, str(path),
+              metadata={"emolabel": "teacher-logits", "texts_sha256": texts_sha256(texts),
+                        "labels": json.dumps(labels), "teachers": json.dumps(teachers), "rows": str(len(texts))})
+
+
+def load_logits(path: str | Path, texts: list[str], labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Saved teacher logits, checked against the training texts (same texts, same order) and labels."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "np") as f:
+            meta = f.metadata() or {}
+            logits = f.get_tensor("logits")
+    except Exception as e:  # safetensors raises its own error types
+        raise InputError(f"{path} is not a teacher-logits file ({e}).") from None
+    if meta.get("emolabel") != "teacher-logits":
+        raise InputError(f"{path} is not a teacher-logits file written by --save-teacher-logits.")
+    if json.loads(meta.get("labels", "[]")) != labels:
+        raise InputError(f"{path} has labels {meta.get('labels')}; the training data has {labels}.")
+    if meta.get("texts_sha256") != texts_sha256(texts) or logits.shape != (len(texts), len(labels)):
+        raise InputError(f"{path} was made for other training texts ({meta.get('rows')} rows; these are "
+                         f"{len(texts)}): give the same training tables, in the same order, as when it was saved.")
+    return logits.astype(np.float32), json.loads(meta.get("teachers", "[]"))
+
+
 def finetune(
-    train_path: str,
-    valid_path: str,
+    train: str | Source | list[str | Source],
+    validation: str | Source | list[str | Source],
     out_dir: str | Path,
     *,
     base: str | None = None,
@@ -198,44 +189,38 @@ def finetune(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     command: str = "",
     teachers: list[str] | None = None,
+    teacher_logits: str | None = None,
+    save_teacher_logits: str | None = None,
+    objective: str = "mean-macro-f1",
 ) -> dict[str, Any]:
-    """Train on `train_path`, choose the best epoch on `valid_path`, save the model to `out_dir`."""
+    """Train on the `train` sources (paths, `PATH@WEIGHT` or Source), choose the best epoch on the
+    `validation` tables by `objective`, save the model to `out_dir`."""
     cfg = train_config or TrainConfig()
     emit = on_event or (lambda event: None)
     out_dir = Path(out_dir)
     t_start = time.time()
+    if objective not in OBJECTIVES:
+        raise EmolabelError(f"Unknown objective {objective!r}: use {', '.join(OBJECTIVES)}.")
+    if teachers and teacher_logits:
+        raise EmolabelError("Give teachers or saved teacher logits, not both.")
 
-    # 1. Data: read and check everything before any model loads.
-    train_data, labels = labelled_data(read_table(train_path, input_format), train_path, text_column, label_column, labels)
-    valid_data, _ = labelled_data(read_table(valid_path, input_format), valid_path, text_column, label_column, labels)
+    # 1. Data: read and check every table before any model loads.
+    train_src, labels = load_sources(_as_sources(train), input_format, text_column, label_column, labels)
+    valid_src, _ = load_sources(_as_sources(validation), input_format, text_column, label_column, labels)
+    train_texts = [t for s in train_src for t in s.data.texts]
+    train_y = np.concatenate([s.data.labels for s in train_src])
+    sizes = [len(s.data.texts) for s in train_src]
+    weights = [s.source.weight for s in train_src]
 
-    # 2. Base encoder and tokenizer (local folder, installed package, or hub id).
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # the load report lists the unused pooler weights: noise here
-    hf_logging.disable_progress_bar()
+    # 2. Base encoder and tokenizer (local folder, installed package, or hub id). Seed everything we
+    #    can first, so the head's random init is repeatable too.
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
     base = resolve_base(base)
-    try:
-        hf_tok = AutoTokenizer.from_pretrained(base)
-        try:
-            encoder = AutoModel.from_pretrained(base, add_pooling_layer=False)
-        except TypeError:
-            encoder = AutoModel.from_pretrained(base)
-        encoder = encoder.float()  # train in fp32 (autocast on GPU) whatever the stored dtype
-    except (OSError, ValueError) as e:
-        raise ModelError(f"Cannot load base encoder {base!r}: {str(e).splitlines()[0]}. "
-                         "Give a local model folder, or a hub id on a machine with network.") from None
-    if not getattr(hf_tok, "is_fast", False):
-        raise ModelError(f"{base} has no fast (Rust) tokenizer; emolabel needs tokenizer.json.")
-    options = dict(model_options or {})
-    mconfig = ModelConfig(
-        labels=labels,
-        encoder=model_lib.encoder_config_dict(encoder.config),
-        base=base,
-        pad_token_id=int(hf_tok.pad_token_id or 0),
-        **options,
-    )
+    hf_tok, encoder = _load_base(base)
+    mconfig = ModelConfig(labels=labels, encoder=model_lib.encoder_config_dict(encoder.config), base=base,
+                          pad_token_id=int(hf_tok.pad_token_id or 0), **dict(model_options or {}))
     tokenizer_json = hf_tok.backend_tokenizer.to_str()
     model = model_lib.EmotionClassifier(mconfig, encoder)
 
@@ -254,14 +239,24 @@ def finetune(
         norm = text_encoder.normalize(pa.array(texts, pa.string())).to_pylist()
         return [e.ids for e in text_encoder.encode(norm)]
 
-    train_ids = encode(train_data.texts)
-    valid_ids = encode(valid_data.texts)
+    train_ids = encode(train_texts)
+    valid_ids = [encode(s.data.texts) for s in valid_src]
     train_len = np.array([len(x) for x in train_ids])
-    soft = _teacher_targets(teachers, train_data.texts, labels, device, cfg.distill_temperature) if teachers else None
 
-    # 4. Optimisation set-up. Seed everything we can for a repeatable run.
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    # 4. Distillation targets: the teachers' ensemble logits, scored now or read from a file.
+    soft = None
+    teacher_names = list(teachers or [])
+    if teacher_logits:
+        t_logits, teacher_names = load_logits(teacher_logits, train_texts, labels)
+    elif teachers:
+        t_logits = ensemble_logits(teachers, train_texts, labels, device)
+        if save_teacher_logits:
+            save_logits(save_teacher_logits, t_logits, train_texts, labels, teachers)
+            emit({"event": "teacher_logits", "path": str(save_teacher_logits), "rows": len(train_texts)})
+    if teacher_logits or teachers:
+        soft = torch.softmax(torch.from_numpy(t_logits) / cfg.distill_temperature, dim=-1)
+
+    # 5. Optimisation set-up; the epoch's sampling and dropout follow the seed whatever ran before.
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     dev = resolve_device(device)
@@ -271,7 +266,8 @@ def finetune(
             p.requires_grad_(False)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), betas=(0.9, 0.999), eps=1e-6,
                                   fused=dev.type == "cuda")  # one kernel for all parameters on GPU
-    steps_per_epoch = math.ceil(len(train_ids) / cfg.batch_size)
+    rows_per_epoch = sum(epoch_count(n, w) for n, w in zip(sizes, weights))
+    steps_per_epoch = math.ceil(rows_per_epoch / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = max(1, int(cfg.warmup * total_steps))
 
@@ -284,24 +280,32 @@ def finetune(
     amp = dev.type == "cuda"  # bf16 autocast on GPU: ~2x faster, no loss scaling needed
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
 
+    def validate() -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+        logits = [_predict_logits(model, ids, mconfig.pad_token_id, dev, amp_dtype if amp else None) for ids in valid_ids]
+        metrics = [classification_metrics(s.data.labels, lg.argmax(1), len(labels)) for s, lg in zip(valid_src, logits)]
+        return logits, metrics
+
     history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"macro_f1": -1.0}
+    best: dict[str, Any] = {"objective": -1.0}
     best_state: dict[str, torch.Tensor] | None = None
     stale = 0
     step = 0
-    emit({"event": "start", "train_rows": len(train_ids), "valid_rows": len(valid_ids),
-          "epochs": cfg.epochs, "steps": total_steps, "base": base, "device": str(dev)})
+    emit({"event": "start", "train_rows": len(train_ids), "rows_per_epoch": rows_per_epoch,
+          "valid_rows": sum(len(v) for v in valid_ids), "epochs": cfg.epochs, "steps": total_steps,
+          "steps_per_epoch": steps_per_epoch, "base": base, "device": str(dev)})
 
-    # 5. The loop. Ctrl-C (SIGINT) ends it early and keeps the best epoch so far, as early stopping would.
+    # 6. The loop. Ctrl-C (SIGINT) ends it early and keeps the best epoch so far, as early stopping would.
     stopped = None
     try:
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             t0 = time.time()
             losses = []
-            for rows in _batches(train_len, cfg.batch_size, rng):
+            rows_this_epoch = epoch_rows(sizes, weights, rng)
+            for sel in _batches(train_len[rows_this_epoch], cfg.batch_size, rng):
+                rows = rows_this_epoch[sel]
                 ids, mask = _pad(train_ids, rows, mconfig.pad_token_id)
-                y = torch.from_numpy(train_data.labels[rows])
+                y = torch.from_numpy(train_y[rows])
                 ids, mask, y = ids.to(dev, non_blocking=True), mask.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp):
                     logits, loss = model(ids, mask, y, label_smoothing=cfg.label_smoothing)
@@ -325,14 +329,19 @@ def finetune(
                     emit({"event": "step", "epoch": epoch, "step": step, "steps": total_steps, "loss": recent,
                           "rows_per_s": len(losses) * cfg.batch_size / max(time.time() - t0, 1e-9)})
             train_loss = torch.stack(losses).float().mean().item()
-            logits = _predict_logits(model, valid_ids, mconfig.pad_token_id, dev, amp_dtype if amp else None)
-            metrics = classification_metrics(valid_data.labels, logits.argmax(1), len(labels))
-            record = {"event": "epoch", "epoch": epoch, "train_loss": train_loss, "valid_accuracy": metrics["accuracy"],
-                      "valid_macro_f1": metrics["macro_f1"], "seconds": time.time() - t0}
+            _, per_table = validate()
+            score = _objective(objective, per_table)
+            record = {"event": "epoch", "epoch": epoch, "train_loss": train_loss, "objective": score,
+                      "valid_accuracy": float(np.mean([m["accuracy"] for m in per_table])),
+                      "valid_macro_f1": float(np.mean([m["macro_f1"] for m in per_table])),
+                      "valid": {s.source.path: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+                                for s, m in zip(valid_src, per_table)},
+                      "seconds": time.time() - t0}
             history.append(record)
             emit(record)
-            if metrics["macro_f1"] > best["macro_f1"]:
-                best = {"epoch": epoch, **metrics}
+            if score > best["objective"]:
+                best = {"epoch": epoch, "objective": score, "valid": record["valid"],
+                        "accuracy": record["valid_accuracy"], "macro_f1": record["valid_macro_f1"]}
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 stale = 0
             else:
@@ -346,23 +355,29 @@ def finetune(
         stopped = f"interrupted in epoch {len(history) + 1}; kept epoch {best['epoch']}"
         emit({"event": "interrupted", "epoch": len(history) + 1, "best_epoch": best["epoch"]})
 
-    # 6. Keep the best epoch, calibrate its probabilities on validation, save.
+    # 7. Keep the best epoch, calibrate its probabilities on validation, refuse broken weights, save.
     assert best_state is not None
     model.load_state_dict(best_state)
-    logits = _predict_logits(model, valid_ids, mconfig.pad_token_id, dev, amp_dtype if amp else None)
-    mconfig.temperature = fit_temperature(logits, valid_data.labels)
+    logits, _ = validate()
+    mconfig.temperature = fit_temperature(logits, [s.data.labels for s in valid_src])
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[save_dtype]
+    for name, v in model.state_dict().items():
+        if v.is_floating_point() and not torch.isfinite(v.to(dtype)).all():
+            raise EmolabelError(f"Weight {name} is not finite once stored as {save_dtype}; nothing was saved. "
+                                "Save as fp32 (--save-dtype fp32) or lower --lr.")
     model_lib.save(model, tokenizer_json, out_dir, dtype=dtype)
     info = {
         "command": command,
         "base": base,
-        "train": {"path": str(train_path), "sha256": sha256(train_path), "rows": len(train_ids),
-                  "rows_without_text": train_data.dropped},
-        "validation": {"path": str(valid_path), "sha256": sha256(valid_path), "rows": len(valid_ids)},
+        "train": [s.record() for s in train_src],
+        "validation": [s.record() | {"rows_per_epoch": None, "weight": None} for s in valid_src],
+        "rows_per_epoch": rows_per_epoch,
+        "objective": {"name": objective, "means": OBJECTIVES[objective]},
         "model": dataclasses.asdict(mconfig) | {"encoder": "see emolabel.json"},
         "train_config": dataclasses.asdict(cfg),
         "best_epoch": best["epoch"],
-        "validation_metrics": {k: best[k] for k in ("accuracy", "macro_f1")},
+        "validation_metrics": {"objective": best["objective"], "accuracy": best["accuracy"],
+                               "macro_f1": best["macro_f1"], "per_table": best["valid"]},
         "temperature": mconfig.temperature,
         "history": history,
         "seconds": round(time.time() - t_start, 1),
@@ -370,18 +385,15 @@ def finetune(
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
                      "python": platform.python_version()},
         "save_dtype": save_dtype,
-        "teachers": list(teachers or []),
+        "teachers": teacher_names,
+        "teacher_logits": str(teacher_logits) if teacher_logits else None,
         "stopped": stopped,
     }
     (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     emit({"event": "done", "best_epoch": best["epoch"], "valid_accuracy": best["accuracy"],
-          "valid_macro_f1": best["macro_f1"], "temperature": mconfig.temperature, "out": str(out_dir)})
+          "valid_macro_f1": best["macro_f1"], "objective": best["objective"],
+          "temperature": mconfig.temperature, "out": str(out_dir)})
     return info
-
-
-def _teacher_targets(teachers: list[str], texts: list[str], labels: list[str], device: str, t: float) -> torch.Tensor:
-    """Soft labels: the softmax at temperature t of the teachers' mean logits (an ensemble)."""
-    return torch.softmax(torch.from_numpy(ensemble_logits(teachers, texts, labels, device)) / t, dim=-1)
 
 
 def ensemble_logits(models: list[str], texts: list[str], labels: list[str], device: str) -> np.ndarray:

@@ -38,8 +38,10 @@ def tiny_tokenizer():
 
 
 def make_tiny_model(folder: Path, **options) -> Path:
+    """social-v1 unless told: the shipped model's scheme, whose emoji-only rows have no text."""
     from emolabel.model import random_model
 
+    options.setdefault("normalization", "social-v1")
     tok = tiny_tokenizer()
     random_model(folder, tok.to_str(), vocab_size=tok.get_vocab_size(), hidden=32, layers=2, heads=2,
                  intermediate=64, head_hidden=[16], max_length=64, **options)

@@ -47,10 +47,68 @@ def test_eval_command_prints_and_writes_a_report(tmp_path, tiny_model):
     assert r.exit_code == 0, r.stderr
     assert "accuracy" in r.stdout and "confusion matrix" in r.stdout and "mixed" in r.stdout
     metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
-    assert metrics["rows"] == 3 and len(metrics["confusion_matrix"]) == 6
-    assert set(metrics["styles"]) == set(STYLES)
-    png = (tmp_path / "rep" / "confusion_matrix.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    (table,) = metrics["tables"]
+    assert table["rows"] == 3 and len(table["confusion_matrix"]) == 6
+    assert set(table["styles"]) == set(STYLES)
+    assert list(table["per_class"]) == ["sadness", "joy", "love", "anger", "fear", "surprise"]
+    assert table["per_class"]["joy"]["support"] == 1 and len(table["sha256"]) == 64
+    assert metrics["model"] == str(tiny_model) and metrics["precision"] in ("int8", "fp32")
+    assert metrics["device"] == "cpu"
+    for name in ("confusion_matrix.png", "calibration.png"):
+        png = (tmp_path / "rep" / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_eval_over_several_tables_reports_each_and_the_mean(tmp_path, tiny_model):
+    (tmp_path / "a.csv").write_text("text,label\ni feel happy,1\ni am sad,0\ni love you,2\n")
+    (tmp_path / "b.csv").write_text("text,label\ni am angry,anger\ni feel afraid,fear\n")
+    r = invoke("eval", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--model", str(tiny_model),
+               "--report", str(tmp_path / "rep"), "--predictions", str(tmp_path / "pred.csv"))
+    assert r.exit_code == 0, r.stderr
+    assert "a.csv" in r.stdout and "b.csv" in r.stdout and "mean" in r.stdout
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    a, b = metrics["tables"]
+    assert (a["rows"], b["rows"]) == (3, 2)
+    assert metrics["mean"]["accuracy"] == pytest.approx((a["accuracy"] + b["accuracy"]) / 2)
+    assert (tmp_path / "rep" / "confusion_matrix-a.png").exists() and (tmp_path / "rep" / "confusion_matrix-b.png").exists()
+    import pyarrow.csv as pa_csv
+
+    pred = pa_csv.read_csv(tmp_path / "pred.csv").to_pylist()
+    assert [p["gold"] for p in pred] == ["joy", "sadness", "love", "anger", "fear"]
+    assert all(p["wrong"] == (p["gold"] != p["predicted"]) for p in pred)
+    assert sum(not p["wrong"] for p in pred[:3]) == round(a["accuracy"] * 3)
+
+
+def test_eval_checks_the_data_before_loading_the_model(tmp_path, tiny_model, monkeypatch):
+    import emolabel.inference
+
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(emolabel.inference, "Labeler", boom)
+    (tmp_path / "t.csv").write_text("text,label\ni feel happy,joyful\n")
+    r = invoke("eval", str(tmp_path / "t.csv"), "--model", str(tiny_model))
+    assert r.exit_code == 1 and "joyful" in r.stderr
+
+
+def test_eval_report_without_matplotlib_is_a_clear_error(tmp_path, tiny_model, monkeypatch):
+    import emolabel.evaluate
+
+    monkeypatch.setattr(emolabel.evaluate, "plotting_available", lambda: False)
+    (tmp_path / "t.csv").write_text("text,label\ni feel happy,1\n")
+    r = invoke("eval", str(tmp_path / "t.csv"), "--model", str(tiny_model), "--report", str(tmp_path / "rep"))
+    assert r.exit_code == 1 and "pip install 'emolabel[report]'" in r.stderr
+    assert not (tmp_path / "rep").exists()
+
+
+def test_selective_accuracy_trades_coverage_for_accuracy():
+    from emolabel.evaluate import selective_accuracy
+
+    probs = np.array([[0.9, 0.1], [0.55, 0.45], [0.3, 0.7], [np.nan, np.nan]])
+    got = selective_accuracy(probs, np.array([0, 1, 1, 0]), (0.0, 0.6, 0.8))
+    assert got[0] == {"min_score": 0.0, "coverage": 0.75, "accuracy": pytest.approx(2 / 3)}
+    assert got[1] == {"min_score": 0.6, "coverage": 0.5, "accuracy": 1.0}
+    assert got[2] == {"min_score": 0.8, "coverage": 0.25, "accuracy": 1.0}
 
 
 def test_normalization_maps_social_text_to_the_training_style():
@@ -58,6 +116,27 @@ def test_normalization_maps_social_text_to_the_training_style():
                           "Ｆｕｌｌ café &amp; more", "cuz i feel SAD..."], "social-v1")
     assert got == ["i dont know you are great", None, "", "full café and more", "because i feel sad"]
     assert normalize_list(["Keep AS is!"], "none") == ["Keep AS is!"]
+
+
+def test_social_v2_keeps_what_emoji_and_emoticons_say():
+    got = normalize_list(["OMG it's here!!!!! 🎉🎉🎉", "👍", "This made me cry 😭", "love it ❤️ <3", "ok :) :D",
+                          "great 👍🏽 job", "USA 🇺🇸", "ratio 3:1, see (a) or b:c", None, "I DON'T know u r great!!!"],
+                         "social-v2")
+    assert got == ["omg its here party popper", "thumbs up sign", "this made me cry loudly crying face",
+                   "love it red heart red heart", "ok smiling face grinning face", "great thumbs up sign job",
+                   "usa", "ratio 3 1 see a or b c", None, "i dont know you are great"]
+    # v1 is unchanged: models trained with it label exactly as before
+    assert normalize_list(["OMG 🎉 :)", "👍"], "social-v1") == ["omg", ""]
+
+
+def test_social_v2_gives_an_emoji_only_row_a_label(tiny_model, tmp_path):
+    from conftest import make_tiny_model
+
+    from emolabel.inference import Labeler
+
+    v2 = make_tiny_model(tmp_path / "v2", normalization="social-v2")
+    assert Labeler(tiny_model, device="cpu").predict(["👍"]) == [None]  # the fixture is social-v1
+    assert Labeler(v2, device="cpu").predict(["👍"])[0] is not None
 
 
 @pytest.mark.parametrize("style", sorted(STYLES))

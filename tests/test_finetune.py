@@ -13,7 +13,8 @@ from helpers import invoke
 from emolabel.config import TrainConfig
 from emolabel.errors import InputError
 from emolabel.inference import Labeler
-from emolabel.train import _param_groups, finetune, fit_temperature, infer_labels
+from emolabel.data import infer_labels
+from emolabel.train import _param_groups, finetune, fit_temperature
 
 ROWS = [
     ("i feel so happy today", "joy"), ("i am sad and lonely", "sadness"), ("i love you so much", "love"),
@@ -48,7 +49,7 @@ def test_finetune_one_epoch_writes_a_model_that_reloads(tmp_path, tiny_base, dat
     assert sorted(p.name for p in out.iterdir()) == ["emolabel.json", "model.safetensors", "tokenizer.json",
                                                      "training.json"]
     assert np.isfinite(info["history"][0]["train_loss"])
-    assert info["train"]["rows"] == 36 and len(info["train"]["sha256"]) == 64
+    assert info["train"][0]["rows"] == 36 and len(info["train"][0]["sha256"]) == 64 and info["train"][0]["weight"] == 1.0
     assert info["base"] == str(tiny_base)
     assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "done"
     texts = [t for t, _ in ROWS]
@@ -206,7 +207,7 @@ def test_temperature_fit_recovers_a_known_temperature():
 
 @pytest.mark.skipif(not (EMOTION_DATA / "train.csv").exists(), reason="../shared/data/emotion is not here")
 def test_reads_the_real_training_split(tmp_path):
-    from emolabel.train import labelled_data, read_table
+    from emolabel.data import labelled_data, read_table
 
     data, labels = labelled_data(read_table(str(EMOTION_DATA / "train.csv"), None), "train", "text", "label", None)
     assert len(data.texts) == 16000 and labels[0] == "sadness"
