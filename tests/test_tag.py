@@ -74,14 +74,14 @@ def test_order_kept_and_same_probabilities_whatever_the_batching(tmp_path, tiny_
     """Length-sorted dynamic batches must give each row its own result, in input order."""
     table = sample_table(200, seed=1)
     texts = table.column("text").to_pylist()
-    # fp32: the default int8 path quantizes activations per batch, so it is not batch-independent
-    one_by_one = Labeler(tiny_model, device="cpu", precision="fp32", batch_size=1).predict_proba(texts)
-    batched = Labeler(tiny_model, device="cpu", precision="fp32", batch_size=7, max_tokens=64).predict_proba(texts)
+    # the default precision (fp32 on the CPU); int8 quantizes activations per batch and is not
+    one_by_one = Labeler(tiny_model, device="cpu", batch_size=1).predict_proba(texts)
+    batched = Labeler(tiny_model, device="cpu", batch_size=7, max_tokens=64).predict_proba(texts)
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
     src = write_table(table, tmp_path / "in.csv", "csv")
     for chunk in ("1", "13", "1000"):
         r = invoke("tag", str(src), "-o", str(tmp_path / f"o{chunk}.parquet"), "--model", str(tiny_model),
-                   "--chunk-rows", chunk, "--batch-size", "5", "--precision", "fp32")
+                   "--chunk-rows", chunk, "--batch-size", "5")
         assert r.exit_code == 0
         out = read_path(tmp_path / f"o{chunk}.parquet", "parquet")
         got = np.array([out.column(f"emotion_{e}").to_pylist() for e in EMOTIONS], dtype=float).T
