@@ -34,28 +34,26 @@ def resume_dir(target: str) -> Path:
     return p.parent / f".{p.name}.emolabel-resume"
 
 
-def _file_digest(path: Path, edge: int = 1 << 20) -> dict[str, Any]:
-    """Size, mtime and a hash of the first and last MiB: cheap, and changes with any edit we can see."""
+def _file_digest(path: Path) -> dict[str, Any]:
+    """Size and SHA-256 of the whole file (about 1 s per GB): any edit, wherever it is, and
+    whatever its mtime says, changes it."""
     st = path.stat()
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        h.update(f.read(edge))
-        if st.st_size > edge:
-            f.seek(max(edge, st.st_size - edge))
-            h.update(f.read(edge))
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256_edges": h.hexdigest()}
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"path": str(path.resolve()), "size": st.st_size, "sha256": h.hexdigest()}
 
 
 def fingerprint(input_path: str, model_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """What --resume must find unchanged: the input, every file of the model folder, the options
+    that change output (pipeline.TagOptions.output_options) and emolabel's version."""
     from emolabel import __version__
-    from emolabel.config import CONFIG_NAME, WEIGHTS_NAME
 
+    files = sorted(p for p in model_dir.iterdir() if p.is_file())
     return {
         "input": _file_digest(Path(input_path)),
-        "model": {
-            "config_sha256": hashlib.sha256((model_dir / CONFIG_NAME).read_bytes()).hexdigest(),
-            "weights": _file_digest(model_dir / WEIGHTS_NAME),
-        },
+        "model": {p.name: _file_digest(p)["sha256"] for p in files},
         "options": options,
         "emolabel": __version__,
     }
@@ -72,6 +70,16 @@ def _changes(old: dict[str, Any], new: dict[str, Any], where: str = "") -> list[
     return out
 
 
+def read_progress(path: Path) -> dict[str, Any] | None:
+    """The saved progress, or None where there is none to use (missing, empty or torn: progress.json
+    is replaced atomically, so a damaged one can only come from outside; its parts are not trusted)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("parts"), list) else None
+
+
 class CheckpointWriter:
     """A Writer whose progress survives the process: one committed part per chunk."""
 
@@ -81,15 +89,13 @@ class CheckpointWriter:
         self.schema = schema
         self.dir = resume_dir(target)
         self.progress: dict[str, Any] = {"fingerprint": fp, "parts": [], "rows": 0, "stats": {}}
-        existing = self.dir / PROGRESS
-        if existing.exists() and not resume and json.loads(existing.read_text()).get("rows", 0):
-            old = json.loads(existing.read_text())
+        old = read_progress(self.dir / PROGRESS)
+        if old is not None and not resume and old.get("rows", 0):
             raise OutputError(
                 f"An interrupted run left {old.get('rows', 0):,} labelled rows for {target} in {self.dir}. "
-                f"Pass --resume to continue it, or delete {self.dir} to start over."
+                f"Pass `resume` to continue it, or delete {self.dir} to start over."
             )
-        if resume and existing.exists():
-            old = json.loads(existing.read_text())
+        if resume and old is not None:
             changed = _changes(old.get("fingerprint", {}), fp)
             if changed:
                 raise OutputError(
@@ -166,6 +172,7 @@ class CheckpointWriter:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def abort(self, keep: bool = False) -> None:
-        """keep=True (an interruption): leave the committed parts for --resume."""
+        """keep=True (any failure after a commit: an interruption, a full disk during the final
+        copy, a bad row): leave the committed parts for --resume."""
         if not keep or not self.progress["parts"]:
             shutil.rmtree(self.dir, ignore_errors=True)

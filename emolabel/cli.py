@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import click
@@ -42,8 +41,10 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _fail(e: EmolabelError) -> click.ClickException:
-    return click.ClickException(str(e))
+def _fail(e: EmolabelError) -> Exception:
+    from emolabel.errors import to_click
+
+    return to_click(e)
 
 
 def _stderr_console(quiet: bool) -> Any:
@@ -158,7 +159,6 @@ def tag(
       emolabel tag big.csv -o - --output-format csv | head
       emolabel tag 'data/*.parquet' -o labelled/ --engine ray --workers 2-8
     """
-    from emolabel import tables
 
     console = _stderr_console(quiet)
     if engine == "ray":
@@ -172,97 +172,29 @@ def tag(
         raise click.UsageError(f"{', '.join(misused)} only apply with --engine ray.")
     if len(inputs) != 1:
         raise click.UsageError("The local engine takes one INPUT; for many files use --engine ray.")
-    input = inputs[0]
+    from emolabel.pipeline import TagOptions, tag_file
+
+    options = TagOptions(text_column=text_column, model=model_dir, prefix=prefix, input_format=input_format,
+                         output_format=output_format, batch_size=batch_size, max_tokens=max_tokens,
+                         max_length=max_length, chunk_rows=chunk_rows, device=device, precision=precision,
+                         threads=threads, encoding=encoding, on_error=on_error, overwrite=overwrite, resume=resume)
+    progress = _Progress(console, quiet)
     try:
-        in_fmt = tables.Format(input_format) if input_format else None
-        out_fmt = tables.Format(output_format) if output_format else None
-        if output != tables.STDIO and out_fmt is None:
-            out_fmt = tables.format_from_suffix(output)
-            if out_fmt is None:
-                raise click.UsageError(
-                    f"Cannot tell the output format from {output!r}; use a .csv, .parquet or .jsonl "
-                    "name or --output-format."
-                )
-        checkpointed = output != tables.STDIO and input != tables.STDIO
-        if resume and not checkpointed:
-            raise click.UsageError("--resume needs an input file and an output file (not - for stdin/stdout).")
-        tables.check_output(output, input, overwrite)
-        if output == tables.STDIO and sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
-            raise click.UsageError("Refusing to write Parquet to a terminal; use -o FILE.")
-    except EmolabelError as e:
-        raise _fail(e) from None
-
-    writer = None
-    reader = None
-    try:
-        with _signals_raise():
-            from emolabel.inference import resolve_device
-
-            dev = resolve_device(device)
-            reader_chunk = chunk_rows or (65536 if dev.type == "cuda" else 8192)
-            reader = tables.open_input(input, in_fmt, chunk_rows=reader_chunk, encoding=encoding, on_error=on_error)
-            if out_fmt is None:  # stdout: the input's format unless told
-                out_fmt = reader.format
-                if sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
-                    raise click.UsageError("Refusing to write Parquet to a terminal; pass --output-format.")
-            from emolabel import pipeline
-            from emolabel.config import ModelConfig, default_model_dir
-            from emolabel.inference import Labeler
-
-            pipeline.check_text_column(reader, text_column)  # before the model loads: fail fast
-            folder = Path(model_dir) if model_dir else default_model_dir()
-            labels = ModelConfig.load(folder).labels
-            schema = pipeline.check_columns(reader, text_column, labels, prefix)
-            labeler = Labeler(folder, device=device, precision=precision, batch_size=batch_size,
-                              max_tokens=max_tokens, max_length=max_length, threads=threads)
-            done = None
-            if checkpointed:
-                from emolabel import checkpoint
-
-                options = {"text_column": text_column, "prefix": prefix, "chunk_rows": reader_chunk,
-                           "max_length": labeler.max_length, "batch_size": labeler.batch_size,
-                           "max_tokens": labeler.max_tokens, "precision": labeler.precision,
-                           "device": labeler.device.type, "encoding": encoding, "on_error": on_error,
-                           "input_format": reader.format.value, "output_format": out_fmt.value}
-                writer = checkpoint.CheckpointWriter(output, out_fmt, schema,
-                                                     checkpoint.fingerprint(input, folder, options), resume)
-                done = writer.stats if writer.rows_done else None
-                if resume and done:
-                    console.print(f"resuming after {writer.rows_done:,} committed rows")
-            else:
-                writer = tables.Writer(output, out_fmt, schema)
-            with _progress(console, reader.total_rows, quiet, done["rows"] if done else 0) as advance:
-                summary = pipeline.tag(reader, writer, labeler, text_column, prefix, advance, resume_from=done)
-            writer.commit()
-            writer = None
+        with _signals_raise(), progress:
+            summary = tag_file(inputs[0], output, options, progress=progress)
     except BrokenPipeError:
-        if writer is not None:
-            writer.abort()
         _quiet_broken_pipe()
     except Interrupted as e:
-        saved = getattr(writer, "rows_done", 0)
-        if writer is not None:
-            writer.abort(keep=True)
+        saved = progress.saved_rows(output)
         where = "" if output == "-" else f" Nothing was written to {output}."
         if saved:
             how = f" {saved:,} labelled rows are saved: run the same command with --resume to continue."
-        elif checkpointed:
-            how = " No chunk was finished yet: run the same command again (--resume works too)."
         else:
             how = " Run the same command again to start over."
         console.print(f"[bold red]Interrupted[/] ({e}).{where}{how}", soft_wrap=True)
         sys.exit(128 + e.signum)
     except EmolabelError as e:
-        if writer is not None:
-            writer.abort()
         raise _fail(e) from None
-    except BaseException:
-        if writer is not None:
-            writer.abort(keep=True)  # an unexpected crash: keep committed progress for --resume
-        raise
-    finally:
-        if reader is not None:
-            reader.close()
     _print_summary(console, summary, output)
 
 
@@ -306,38 +238,67 @@ def _tag_ray(console: Any, inputs: tuple[str, ...], output: str, model_dir: str 
                   f"-> {s['output_dir']} ({len(s['files'])} part files); {s['empty']:,} empty", soft_wrap=True)
 
 
-@contextmanager
-def _progress(console: Any, total: int | None, quiet: bool, done: int = 0) -> Iterator[Callable[[int], None] | None]:
-    """A Rich progress bar on stderr when it is a terminal; a no-op callback otherwise."""
-    if quiet or not console.is_terminal:
-        yield None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
+class _Progress:
+    """A Rich progress bar on stderr when it is a terminal (pipeline.tag_file's progress); silent otherwise."""
 
-    class RowsPerSecond(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            return Text(f"{task.speed:,.0f} rows/s" if task.speed else "- rows/s")
+    def __init__(self, console: Any, quiet: bool):
+        self.console = console
+        self.on = not quiet and console.is_terminal
+        self._progress: Any = None
+        self._task: Any = None
 
-    columns: list[Any] = [TextColumn("tagging")]
-    if total:
-        columns += [BarColumn(), TaskProgressColumn()]
-    columns += [MofNCompleteColumn() if total else TextColumn("{task.completed:,.0f} rows"), RowsPerSecond(),
-                TimeElapsedColumn()]
-    if total:
-        columns.append(TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("tag", total=total, completed=done)
-        yield lambda n: progress.advance(task, n)
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def start(self, total: int | None, done: int) -> None:
+        if done:
+            self.console.print(f"resuming after {done:,} committed rows")
+        if not self.on:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.text import Text
+
+        class RowsPerSecond(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                return Text(f"{task.speed:,.0f} rows/s" if task.speed else "- rows/s")
+
+        columns: list[Any] = [TextColumn("tagging")]
+        if total:
+            columns += [BarColumn(), TaskProgressColumn()]
+        columns += [MofNCompleteColumn() if total else TextColumn("{task.completed:,.0f} rows"), RowsPerSecond(),
+                    TimeElapsedColumn()]
+        if total:
+            columns.append(TimeRemainingColumn())
+        self._progress = Progress(*columns, console=self.console, transient=True)
+        self._progress.start()
+        self._task = self._progress.add_task("tag", total=total, completed=done)
+
+    def advance(self, rows: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, rows)
+
+    @staticmethod
+    def saved_rows(output: str) -> int:
+        """Rows an interrupted run left committed for --resume."""
+        if output == "-":
+            return 0
+        from emolabel.checkpoint import PROGRESS, read_progress, resume_dir
+
+        data = read_progress(resume_dir(output) / PROGRESS)
+        return int(data.get("rows", 0)) if data else 0
 
 
 def _print_summary(console: Any, s: Any, output: str) -> None:
@@ -357,7 +318,39 @@ def _print_summary(console: Any, s: Any, output: str) -> None:
 
 
 def main() -> None:
-    cli(prog_name="emolabel")
+    """Run the CLI, then leave without the interpreter's teardown.
+
+    Background threads of the native libraries (pyarrow's readers, the Rust tokenizer's pool,
+    torch's) can still be winding down when Python finalizes; a C++ thread destroyed then aborts
+    the process ("terminate called without an active exception", exit 134) after the right
+    message was printed, about half the time on a loaded machine. So the exit code is decided
+    here, atexit handlers (Ray's shutdown among them) run, the streams are flushed, and the
+    process ends with os._exit: the exit code is always the one the command chose.
+    """
+    import atexit
+
+    try:
+        code = cli.main(prog_name="emolabel", standalone_mode=False)
+        code = code if isinstance(code, int) else 0
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.ClickException as e:
+        e.show()
+        code = e.exit_code
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        code = 130
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if e.code is not None and not isinstance(e.code, int):
+            click.echo(str(e.code), err=True)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code)
 
 
 from emolabel.cli_train import eval_command, finetune  # noqa: E402 - registers the commands

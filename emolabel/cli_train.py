@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from emolabel.config import ACTIVATIONS, NORMALIZATIONS, OBJECTIVES, POOLINGS, PRECISIONS, ModelConfig, TrainConfig
-from emolabel.errors import EmolabelError
+from emolabel.errors import EmolabelError, to_click
 
 FORMATS = ["csv", "parquet", "jsonl"]
 
@@ -165,7 +165,7 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
                    save_teacher_logits=save_teacher_logits, objective=objective,
                    command="emolabel finetune " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "")
     except EmolabelError as e:
-        raise click.ClickException(str(e)) from None
+        raise to_click(e) from None
     except KeyboardInterrupt:
         console.print("[bold red]Interrupted[/] before the first epoch finished: no model was saved.")
         sys.exit(130)
@@ -229,7 +229,7 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
         if predictions:
             _write_predictions(predictions, data, probs, labeler.labels)
     except EmolabelError as e:
-        raise click.ClickException(str(e)) from None
+        raise to_click(e) from None
     except KeyboardInterrupt:
         err.print("[bold red]Interrupted[/]: nothing was written.")
         sys.exit(130)

@@ -74,7 +74,7 @@ class ModelConfig:
         except FileNotFoundError:
             raise ModelError(
                 f"{folder} is not an emolabel model folder: {CONFIG_NAME} is missing. "
-                "Train one with 'emolabel finetune' or pass --model with a model folder."
+                "Train one with 'emolabel finetune' or give `model` a model folder."
             ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelError(f"{path} is not valid JSON ({e}).") from None
@@ -131,5 +131,5 @@ def default_model_dir() -> Path:
             return candidate
     raise ModelError(
         f"The default model {DEFAULT_MODEL_NAME} is not installed (looked in {here / 'weights'} and "
-        f"{here.parent / 'weights'}). Pass --model with a model folder, or set EMOLABEL_MODEL."
+        f"{here.parent / 'weights'}). Give `model` a model folder, or set EMOLABEL_MODEL."
     )

@@ -15,3 +15,18 @@ class OutputError(EmolabelError):
 
 class ModelError(EmolabelError):
     """A model folder is missing, incomplete or inconsistent."""
+
+
+class OptionError(EmolabelError):
+    """Options that cannot go together, or do not fit the input (the CLI exits 2 for these)."""
+
+
+def to_click(e: EmolabelError) -> Exception:
+    """The CLI's form of a library error: options named `field` in the library's words become
+    --field, and an OptionError is a usage error (exit 2); every other error exits 1."""
+    import re
+
+    import click
+
+    text = re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: "--" + m.group(1).replace("_", "-"), str(e))
+    return click.UsageError(text) if isinstance(e, OptionError) else click.ClickException(text)

@@ -18,7 +18,7 @@ import torch
 
 from emolabel import model as model_lib
 from emolabel.config import PRECISIONS, TOKENIZER_NAME, available_cpus
-from emolabel.errors import EmolabelError, ModelError
+from emolabel.errors import ModelError, OptionError
 from emolabel.labels import softmax
 from emolabel.normalize import bert_uncased_ready, normalize
 
@@ -35,14 +35,14 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise EmolabelError(f"Unknown --device {device!r}: use auto, cpu, cuda or cuda:N.") from None
+        raise OptionError(f"Unknown `device` {device!r}: use auto, cpu, cuda or cuda:N.") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise EmolabelError(f"--device {device}: no CUDA GPU is visible to torch here. Use --device cpu.")
+            raise OptionError(f"`device` {device}: no CUDA GPU is visible to torch here. Use `device` cpu.")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise EmolabelError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here.")
+            raise OptionError(f"`device` {device}: only {torch.cuda.device_count()} CUDA device(s) here.")
     elif dev.type != "cpu":
-        raise EmolabelError(f"Unknown --device {device!r}: use auto, cpu, cuda or cuda:N.")
+        raise OptionError(f"Unknown `device` {device!r}: use auto, cpu, cuda or cuda:N.")
     return dev
 
 
@@ -61,13 +61,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     order). `--precision int8` stays available where that trade is wanted.
     """
     if precision not in PRECISIONS:
-        raise EmolabelError(f"Unknown --precision {precision!r}: use {', '.join(PRECISIONS)}.")
+        raise OptionError(f"Unknown `precision` {precision!r}: use {', '.join(PRECISIONS)}.")
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"
     if precision == "int8" and device.type != "cpu":
-        raise EmolabelError("--precision int8 is a CPU path; on a GPU use bf16 or fp16.")
+        raise OptionError("`precision` int8 is a CPU path; on a GPU use bf16 or fp16.")
     return precision
 
 
@@ -152,7 +152,7 @@ class Labeler:
         self.config = self.model.config
         self.labels = list(self.config.labels)
         if max_length is not None and max_length < 2:
-            raise EmolabelError("--max-length must be at least 2 (room for [CLS] and [SEP]).")
+            raise OptionError("`max_length` must be at least 2 (room for [CLS] and [SEP]).")
         limit = getattr(self.model.encoder.config, "max_position_embeddings", 512)
         self.max_length = min(max_length or self.config.max_length, limit)
         self.encoder = TextEncoder(self.model_dir, self.max_length, self.config.normalization)
@@ -162,9 +162,9 @@ class Labeler:
         self.batch_size = batch_size or (1024 if gpu else 64)
         self.max_tokens = max_tokens or (65536 if gpu else 4096)
         if self.batch_size < 1 or self.max_tokens < self.max_length:
-            raise EmolabelError(
-                f"--max-tokens ({self.max_tokens}) must be at least --max-length ({self.max_length}), "
-                "and --batch-size at least 1."
+            raise OptionError(
+                f"`max_tokens` ({self.max_tokens}) must be at least `max_length` ({self.max_length}), "
+                "and `batch_size` at least 1."
             )
         self._setup_model()
 

@@ -7,14 +7,17 @@ CSV or compresses Parquet. Every input row comes out, in input order.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
+import sys
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +25,7 @@ import pyarrow as pa
 from emolabel.config import available_cpus
 from emolabel.errors import InputError, OutputError
 from emolabel.inference import Labeler, Prepared
-from emolabel.labels import append_columns, column_names, output_schema
+from emolabel.labels import DEFAULT_PREFIX, append_columns, column_names, output_schema
 from emolabel.tables import Reader, Writer  # or checkpoint.CheckpointWriter: the same write()/commit()
 
 T = TypeVar("T")
@@ -49,7 +52,7 @@ def check_text_column(reader: Reader, text_column: str) -> None:
     if text_column not in names:
         raise InputError(
             f"Column {text_column!r} not found in {reader.name}. Available columns: "
-            f"{', '.join(names)}. Use --text-column to choose."
+            f"{', '.join(names)}. Use `text_column` to choose."
         )
 
 
@@ -61,7 +64,7 @@ def check_columns(reader: Reader, text_column: str, labels: list[str], prefix: s
     if clash:
         raise InputError(
             f"{reader.name} already has column(s) {', '.join(clash)}, which tag would add. "
-            "Use --prefix to name the new columns differently (e.g. --prefix predicted)."
+            "Use `prefix` to name the new columns differently (e.g. `prefix` predicted)."
         )
     return output_schema(reader.schema, labels, prefix)
 
@@ -227,3 +230,129 @@ class _BackgroundWriter:
         while self.thread.is_alive():
             self.thread.join(timeout=0.1)
         self._check()
+
+
+# -- tagging a file into a file: the library call behind `emolabel tag` -----------------------
+
+
+@dataclass(frozen=True)
+class TagOptions:
+    """Everything a tag run can be told; None means "the default for the device" (see resolve()).
+
+    Every field either changes the output (and so goes into the --resume fingerprint) or is
+    named in NOT_OUTPUT with the reason it does not.
+    """
+
+    text_column: str = "text"
+    model: str | None = None  # a model folder; None: the shipped model (EMOLABEL_MODEL overrides)
+    prefix: str = DEFAULT_PREFIX  # of the added columns
+    input_format: str | None = None  # None: from the extension (stdin: sniffed)
+    output_format: str | None = None  # None: from the extension (stdout: the input's)
+    batch_size: int | None = None  # rows per model batch; None: 1024 on a GPU (keeps it busy), 64 on the CPU
+    max_tokens: int | None = None  # padded tokens per batch; None: 65536 on a GPU, 4096 on the CPU
+    max_length: int | None = None  # truncate texts to this many tokens; None: the model's (128)
+    chunk_rows: int | None = None  # rows read and written at a time; None: 65536 on a GPU, 8192 on the CPU
+    device: str = "auto"  # auto: the first CUDA GPU, else the CPU
+    precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU (inference.resolve_precision)
+    threads: int | None = None  # CPU threads for the model; None: all cores
+    encoding: str = "utf-8"  # of CSV / JSON Lines input
+    on_error: str = "fail"  # a malformed row: "fail", or "skip" it and report its line
+    overwrite: bool = False  # replace an existing output file
+    resume: bool = False  # continue an interrupted run from its committed chunks
+
+    # Fields that cannot change a labelled row: kept out of the --resume fingerprint.
+    NOT_OUTPUT: ClassVar[dict[str, str]] = {
+        "model": "fingerprinted by content (every file of the folder), not by its path",
+        "threads": "the same numbers on any thread count",
+        "overwrite": "only whether an existing file may be replaced",
+        "resume": "only whether committed progress is used",
+    }
+
+    def resolve(self, device_type: str) -> TagOptions:
+        """The defaults that depend on the device, filled in."""
+        gpu = device_type == "cuda"
+        return dataclasses.replace(
+            self,
+            batch_size=self.batch_size or (1024 if gpu else 64),
+            max_tokens=self.max_tokens or (65536 if gpu else 4096),
+            chunk_rows=self.chunk_rows or (65536 if gpu else 8192),
+        )
+
+    def output_options(self) -> dict[str, Any]:
+        """The fields that change the output: what --resume must find unchanged."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.NOT_OUTPUT}
+
+
+def tag_file(input: str, output: str, options: TagOptions | None = None, progress: Any = None) -> Summary:
+    """Label every row of `input` (a path, or '-' for stdin) into `output` (a path, or '-').
+
+    A file-to-file run commits its progress chunk by chunk beside the output, so an interrupted
+    run continues with resume=True; nothing appears at `output` until every row is written.
+    `progress`, if given, has start(total_rows or None, rows_already_done) and advance(rows).
+    """
+    from emolabel import checkpoint, tables
+    from emolabel.config import ModelConfig, default_model_dir
+    from emolabel.errors import OptionError
+    from emolabel.inference import resolve_device
+
+    opts = options or TagOptions()
+    in_fmt = tables.Format(opts.input_format) if opts.input_format else None
+    out_fmt = tables.Format(opts.output_format) if opts.output_format else None
+    if output != tables.STDIO and out_fmt is None:
+        out_fmt = tables.format_from_suffix(output)
+        if out_fmt is None:
+            raise OptionError(f"Cannot tell the output format from {output!r}; use a .csv, .parquet or .jsonl "
+                              "name, or `output_format`.")
+    # Progress can be committed and resumed only between regular files: a pipe or FIFO given as a
+    # path cannot be read twice (fingerprinting it would steal rows from the reader).
+    checkpointed = output != tables.STDIO and input != tables.STDIO and tables.is_regular_file(input)
+    if opts.resume and not checkpointed:
+        raise OptionError("`resume` needs an input file and an output file (not stdin/stdout, a pipe or a FIFO).")
+    tables.check_output(output, input, opts.overwrite)
+    if output == tables.STDIO and sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
+        raise OptionError("Refusing to write Parquet to a terminal; write to a file.")
+
+    dev = resolve_device(opts.device)
+    opts = opts.resolve(dev.type)
+    reader = tables.open_input(input, in_fmt, chunk_rows=opts.chunk_rows, encoding=opts.encoding,  # type: ignore[arg-type]
+                               on_error=opts.on_error)
+    writer: Any = None
+    try:
+        if out_fmt is None:  # stdout: the input's format unless told
+            out_fmt = reader.format
+            if sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
+                raise OptionError("Refusing to write Parquet to a terminal; give another `output_format`.")
+        check_text_column(reader, opts.text_column)  # before the model loads: fail fast
+        folder = Path(opts.model) if opts.model else default_model_dir()
+        labels = ModelConfig.load(folder).labels
+        schema = check_columns(reader, opts.text_column, labels, opts.prefix)
+        labeler = Labeler(folder, device=opts.device, precision=opts.precision, batch_size=opts.batch_size,
+                          max_tokens=opts.max_tokens, max_length=opts.max_length, threads=opts.threads)
+        done = None
+        if checkpointed:
+            resolved = dataclasses.replace(opts, max_length=labeler.max_length, precision=labeler.precision,
+                                           device=labeler.device.type, input_format=reader.format.value,
+                                           output_format=out_fmt.value)
+            writer = checkpoint.CheckpointWriter(output, out_fmt, schema,
+                                                 checkpoint.fingerprint(input, folder, resolved.output_options()),
+                                                 opts.resume)
+            done = writer.stats if writer.rows_done else None
+        else:
+            writer = tables.Writer(output, out_fmt, schema)
+        if progress is not None:
+            progress.start(reader.total_rows, done["rows"] if done else 0)
+        summary = tag(reader, writer, labeler, opts.text_column, opts.prefix,
+                      progress.advance if progress is not None else None, resume_from=done)
+        writer.commit()
+        writer = None
+        return summary
+    except (BrokenPipeError, InputError):
+        if writer is not None:  # a bad row: fixing the input changes it, so its progress is no use
+            writer.abort()
+        raise
+    except BaseException:
+        if writer is not None:  # interrupted, disk full in the final copy, a crash: resume goes on
+            writer.abort(keep=True)
+        raise
+    finally:
+        reader.close()

@@ -132,7 +132,7 @@ def open_input(
             if path != STDIO:
                 raise InputError(
                     f"Cannot tell the format of {path} from its name; "
-                    f"use --input-format ({', '.join(FORMAT_NAMES)})."
+                    f"use `input_format` ({', '.join(FORMAT_NAMES)})."
                 )
             fmt = sniff_format(head)
     try:
@@ -243,10 +243,10 @@ def _decode_or_fail(data: bytes, encoding: str, name: str, where: str) -> str:
     except UnicodeDecodeError as e:
         raise InputError(
             f"{name}, {where}: byte {data[e.start:e.start + 1]!r} is not valid {encoding}. "
-            "If the file is Latin-1 or Windows-1252, pass --encoding latin-1 (or cp1252)."
+            "If the file is Latin-1 or Windows-1252, pass `encoding` latin-1 (or cp1252)."
         ) from None
     except LookupError:
-        raise InputError(f"Unknown --encoding {encoding!r}.") from None
+        raise InputError(f"Unknown `encoding` {encoding!r}.") from None
 
 
 def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_error: str) -> Reader:
@@ -290,7 +290,7 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
             return InputError(
                 f"{name}, {where}: expected {row.expected_columns} columns, found {row.actual_columns} "
                 f"({row.text[:80]!r}). Fix the row, quote fields that contain commas, "
-                "or pass --on-error skip to leave such rows out."
+                "or pass `on_error` skip to leave such rows out."
             )
         if "straddling" in msg:
             return InputError(f"{name} has a row longer than {CSV_BLOCK >> 20} MB; split such texts first.")
@@ -299,7 +299,7 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
             where = f", line {line}," if line else ""
             return InputError(
                 f"{name}{where} is not valid {encoding}. If the file is Latin-1 or Windows-1252, "
-                "pass --encoding latin-1 (or cp1252)."
+                "pass `encoding` latin-1 (or cp1252)."
             )
         return InputError(f"{name} cannot be parsed as CSV: {msg}")
 
@@ -380,7 +380,7 @@ def _open_jsonl(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on
                     raise
                 raise InputError(
                     f"{name}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}). "
-                    "Fix the line, or pass --on-error skip to leave broken lines out."
+                    "Fix the line, or pass `on_error` skip to leave broken lines out."
                 ) from None
             rows.append(obj)
             if len(rows) >= chunk_rows:
@@ -467,11 +467,24 @@ def _short(e: BaseException) -> str:
 # Writing
 
 
+def is_regular_file(path: str) -> bool:
+    """A plain file (not a pipe, FIFO, /dev/stdin or socket): one that can be read twice."""
+    import stat
+
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def check_output(target: str, source: str, overwrite: bool) -> None:
     """Refuse up front what would fail or destroy data later; names the path and the fix."""
     if target == STDIO:
         return
     p = Path(target)
+    if target.lower().endswith(".gz"):
+        raise OutputError(f"Cannot write {target}: compressed output is not supported (it would be plain text "
+                          f"under a .gz name). Write {target[:-3]}, or write to stdout and pipe it through gzip.")
     if not p.parent.exists():
         raise OutputError(f"Cannot write {target}: folder {p.parent} does not exist. Create it first.")
     if p.is_dir():
@@ -479,7 +492,7 @@ def check_output(target: str, source: str, overwrite: bool) -> None:
     if source != STDIO and p.exists() and Path(source).exists() and os.path.samefile(source, p):
         raise OutputError(f"{target} is also the input: write the output to another file.")
     if p.exists() and not overwrite:
-        raise OutputError(f"{target} already exists. Pass --overwrite to replace it.")
+        raise OutputError(f"{target} already exists. Pass `overwrite` to replace it.")
     if not os.access(p.parent, os.W_OK):
         raise OutputError(f"Cannot write {target}: folder {p.parent} is not writable.")
 

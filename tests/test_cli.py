@@ -55,14 +55,19 @@ def test_progress_bar_renders_on_a_terminal(total):
 
     from rich.console import Console
 
-    from emolabel.cli import _progress
+    from emolabel.cli import _Progress
 
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=100)
-    with _progress(console, total, quiet=False) as advance:
-        assert advance is not None
-        advance(40)
-        advance(60)
+    with _Progress(console, quiet=False) as progress:
+        progress.start(total, 0)
+        progress.advance(40)
+        progress.advance(60)
+        assert progress._progress.tasks[0].completed == 100
     assert "rows" in buf.getvalue()
-    with _progress(Console(file=io.StringIO()), total, quiet=False) as advance:  # not a terminal
-        assert advance is None
+    quiet = io.StringIO()
+    with _Progress(Console(file=quiet), quiet=False) as progress:  # not a terminal: nothing drawn
+        progress.start(total, 0)
+        progress.advance(5)
+        assert progress._progress is None
+    assert quiet.getvalue() == ""

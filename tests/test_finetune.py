@@ -7,13 +7,13 @@ import re
 
 import numpy as np
 import pytest
-from conftest import EMOTION_DATA
+from conftest import EMOTION_DATA, PATIENCE
 from helpers import invoke
 
 from emolabel.config import TrainConfig
+from emolabel.data import infer_labels
 from emolabel.errors import InputError
 from emolabel.inference import Labeler
-from emolabel.data import infer_labels
 from emolabel.train import _param_groups, finetune, fit_temperature
 
 ROWS = [
@@ -117,13 +117,13 @@ def test_sigint_to_the_cli_saves_the_best_epoch_and_exits_130(tmp_path, tiny_bas
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, COLUMNS="200"))
     log = out / "train_log.jsonl"
-    deadline = time.time() + 120
+    deadline = time.time() + PATIENCE
     while time.time() < deadline and proc.poll() is None:
         if log.exists() and '"event": "epoch"' in log.read_text():
             break
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=PATIENCE)
     assert proc.returncode == 130, err
     assert "interrupted in epoch" in err and "saved" in err and "Traceback" not in err
     info = json.loads((out / "training.json").read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_cli
+from conftest import PATIENCE, run_cli
 from helpers import invoke, read_bytes, read_path
 
 from emolabel.config import EMOTIONS
@@ -203,7 +203,7 @@ def test_head_closing_the_pipe_ends_quietly(tmp_path, tiny_model):
     src.write_text("text\n" + "i feel happy\n" * 50000)
     p = subprocess.run(
         f"python -m emolabel tag {src} --model {tiny_model} -o - --output-format csv | head -3",
-        shell=True, capture_output=True, timeout=120,
+        shell=True, capture_output=True, timeout=PATIENCE,
     )
     assert p.stdout.count(b"\n") == 3
     assert b"Traceback" not in p.stderr and b"Error" not in p.stderr, p.stderr

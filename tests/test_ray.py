@@ -17,10 +17,11 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+from conftest import PATIENCE
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs Ray: pip install 'emolabel[ray]'")
 # Ray Data's own start-up notices, not ours
-pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),
               pytest.mark.filterwarnings("ignore:The maximum number of concurrent tasks:UserWarning")]
 
 from emolabel.errors import EmolabelError, InputError, OutputError  # noqa: E402
@@ -223,7 +224,7 @@ def test_missing_ray_gives_a_clear_message(tiny_model, tmp_path):
         "except EmolabelError as e:\n"
         "    print(e); sys.exit(3)\n"
     )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=PATIENCE,
                        cwd=Path(__file__).resolve().parents[1])
     assert p.returncode == 3, p.stderr
     assert p.stdout.strip() == RAY_MISSING

@@ -12,7 +12,8 @@ from conftest import EMOTION_DATA, REPO, run_cli
 from emolabel.config import EMOTIONS, default_model_dir
 
 SHIPPED = REPO / "weights" / "emotion-minilm"
-pytestmark = pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="no shipped model in weights/")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="no shipped model in weights/")]
 needs_data = pytest.mark.skipif(not (EMOTION_DATA / "test.csv").exists(),
                                 reason="../shared/data/emotion/test.csv is not here (the dataset is not in the repo)")
 
