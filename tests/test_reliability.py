@@ -1,0 +1,157 @@
+"""Nothing silently wrong (issue 12): pipes given as paths, resume fingerprints, progress kept or
+dropped, exit codes of misused options, and the tag_file library call behind `emolabel tag`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_cli
+from helpers import invoke, read_path, write_table
+
+import emolabel
+from emolabel import checkpoint
+from emolabel.errors import OptionError, OutputError
+from emolabel.pipeline import TagOptions
+
+
+def _table(n: int) -> pa.Table:
+    return pa.table({"id": [str(i) for i in range(n)], "text": [f"i feel happy {i % 7} today" for i in range(n)]})
+
+
+def test_every_tag_option_changes_the_fingerprint_or_says_why_not():
+    """A new TagOptions field cannot be forgotten by --resume: it is in output_options() unless
+    NOT_OUTPUT names it with a reason."""
+    names = {f.name for f in dataclasses.fields(TagOptions)}
+    assert set(TagOptions.NOT_OUTPUT) <= names and all(TagOptions.NOT_OUTPUT.values())
+    assert set(TagOptions().output_options()) == names - set(TagOptions.NOT_OUTPUT)
+    base = TagOptions().output_options()
+    for f in dataclasses.fields(TagOptions):
+        if f.name in TagOptions.NOT_OUTPUT:
+            continue
+        changed = dataclasses.replace(TagOptions(), **{f.name: "x" if f.type.startswith("str") else 7})
+        assert changed.output_options() != base, f.name
+
+
+def test_tag_file_is_the_library_call_behind_tag(tmp_path, tiny_model):
+    src = write_table(_table(30), tmp_path / "in.csv", "csv")
+    summary = emolabel.tag_file(str(src), str(tmp_path / "out.parquet"), model=str(tiny_model), prefix="mood")
+    assert summary.rows == 30 and summary.empty == 0
+    lib = read_path(tmp_path / "out.parquet", "parquet")
+    r = invoke("tag", str(src), "-o", str(tmp_path / "cli.parquet"), "--model", str(tiny_model), "--prefix", "mood")
+    assert r.exit_code == 0, r.stderr
+    assert read_path(tmp_path / "cli.parquet", "parquet").equals(lib)
+    with pytest.raises(OutputError, match="`overwrite`"):  # library words, not CLI flags
+        emolabel.tag_file(str(src), str(tmp_path / "out.parquet"), model=str(tiny_model))
+
+
+def test_a_fifo_as_input_loses_no_rows_and_cannot_be_resumed(tmp_path, tiny_model):
+    """The fingerprint used to re-open the input and read its first MiB, stealing rows from a pipe."""
+    src = write_table(_table(5000), tmp_path / "in.csv", "csv")
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    import threading
+
+    def feed() -> None:
+        with open(fifo, "wb") as f:
+            f.write(src.read_bytes())
+
+    t = threading.Thread(target=feed)
+    t.start()
+    r = run_cli("tag", str(fifo), "-o", str(tmp_path / "out.csv"), "--model", str(tiny_model), "-q")
+    t.join()
+    assert r.returncode == 0, r.stderr.decode()
+    assert read_path(tmp_path / "out.csv", "csv").num_rows == 5000
+    r = run_cli("tag", str(fifo), "-o", str(tmp_path / "again.csv"), "--model", str(tiny_model), "--resume")
+    assert r.returncode == 2 and b"--resume needs an input file and an output file" in r.stderr
+
+
+def test_the_fingerprint_sees_a_same_size_edit_in_the_middle_and_a_new_tokenizer(tmp_path, tiny_model):
+    import shutil
+
+    big = tmp_path / "big.csv"
+    rows = [f"{i},i feel happy number {i:07d}\n" for i in range(200_000)]  # ~7 MB: more than two edges of 1 MiB
+    big.write_text("id,text\n" + "".join(rows))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    before = checkpoint.fingerprint(str(big), model, {})
+    st = big.stat()
+    data = bytearray(big.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 5] = b"HAPPY"[: len(data[middle : middle + 5])]
+    big.write_bytes(bytes(data))
+    os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns))  # the mtime put back
+    assert checkpoint.fingerprint(str(big), model, {})["input"] != before["input"]
+    tok = json.loads((model / "tokenizer.json").read_text())
+    tok["truncation"] = None
+    (model / "tokenizer.json").write_text(json.dumps(tok))
+    assert checkpoint._changes(before["model"], checkpoint.fingerprint(str(big), model, {})["model"]) == ["tokenizer.json"]
+
+
+def test_an_empty_progress_file_does_not_block_later_runs(tmp_path, tiny_model):
+    src = write_table(_table(20), tmp_path / "in.csv", "csv")
+    out = tmp_path / "out.csv"
+    folder = checkpoint.resume_dir(str(out))
+    folder.mkdir()
+    (folder / checkpoint.PROGRESS).write_text("")
+    r = invoke("tag", str(src), "-o", str(out), "--model", str(tiny_model))
+    assert r.exit_code == 0, r.stderr
+    assert read_path(out, "csv").num_rows == 20 and not folder.exists()
+
+
+def test_a_failed_final_copy_keeps_the_committed_progress(tmp_path, tiny_model, monkeypatch):
+    """Disk full while the parts are copied into the target: the hours of labelling stay for --resume."""
+    src = write_table(_table(50), tmp_path / "in.csv", "csv")
+    out = tmp_path / "out.parquet"
+    from emolabel import tables
+
+    def full(self, batch, stats=None):
+        raise OutputError(f"Disk full while writing {self.target}; nothing was written there.")
+
+    monkeypatch.setattr(tables.Writer, "write", full)
+    with pytest.raises(OutputError, match="Disk full"):
+        emolabel.tag_file(str(src), str(out), model=str(tiny_model), chunk_rows=10)
+    monkeypatch.undo()
+    assert not out.exists()
+    progress = json.loads((checkpoint.resume_dir(str(out)) / checkpoint.PROGRESS).read_text())
+    assert progress["rows"] == 50
+    summary = emolabel.tag_file(str(src), str(out), model=str(tiny_model), chunk_rows=10, resume=True)
+    assert summary.resumed == 50 and pq.read_table(out).num_rows == 50
+
+
+def test_gz_output_is_refused_not_written_as_plain_text(tmp_path, tiny_model):
+    src = write_table(_table(3), tmp_path / "in.csv", "csv")
+    r = invoke("tag", str(src), "-o", str(tmp_path / "out.csv.gz"), "--model", str(tiny_model))
+    assert r.exit_code == 1 and "compressed output is not supported" in r.stderr
+    assert not list(tmp_path.glob("out.csv*"))
+
+
+@pytest.mark.parametrize("args", [["--device", "cuda:9"], ["--device", "tpu"], ["--precision", "int8", "--device", "cuda"],
+                                  ["-o", "out.xlsx"]])
+def test_misused_options_exit_2_in_a_real_process(tmp_path, tiny_model, args):
+    src = write_table(_table(3), tmp_path / "in.csv", "csv")
+    extra = [] if "-o" in args else ["-o", str(tmp_path / "out.csv")]
+    r = run_cli("tag", str(src), "--model", str(tiny_model), *extra, *args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr.decode()
+    assert b"Traceback" not in r.stderr and b"terminate called" not in r.stderr
+
+
+def test_library_errors_use_the_librarys_words(tiny_model):
+    with pytest.raises(OptionError, match="Unknown `device` 'tpu'"):
+        emolabel.load(str(tiny_model), device="tpu")
+
+
+@pytest.mark.parametrize("content,where", [("id,text\n1,ok\n2,\xe9t\xe9\n", "Latin-1"),
+                                           ("id,text\n1,ok\n2,a,b,c\n", "ragged")])
+def test_input_errors_exit_1_every_time_in_real_processes(tmp_path, tiny_model, content, where):
+    """These printed the right message and then aborted with exit 134 about half the time."""
+    src = tmp_path / "bad.csv"
+    src.write_bytes(content.encode("latin-1"))
+    for _ in range(3):
+        r = run_cli("tag", str(src), "-o", str(tmp_path / "out.csv"), "--model", str(tiny_model), cwd=tmp_path)
+        assert r.returncode == 1, (where, r.returncode, r.stderr.decode())
+        assert b"terminate called" not in r.stderr and b"Traceback" not in r.stderr
