@@ -160,8 +160,19 @@ def tag(
       emolabel tag 'data/*.parquet' -o labelled/ --engine ray --workers 2-8
     """
 
+    from emolabel.pipeline import TagOptions, tag_file
+
     console = _stderr_console(quiet)
     if engine == "ray":
+        # Options the Ray engine does not honour yet are refused, never silently dropped.
+        d = TagOptions()
+        unsupported = {"--encoding": encoding != d.encoding, "--on-error": on_error != d.on_error,
+                       "--batch-size": batch_size, "--max-tokens": max_tokens, "--max-length": max_length,
+                       "--threads": threads, "--resume": resume}
+        used = [flag for flag, given in unsupported.items() if given]
+        if used:
+            raise click.UsageError(f"{', '.join(used)} cannot be used with --engine ray yet (the Ray engine would "
+                                   "ignore them); leave them out, or use the local engine.")
         _tag_ray(console, inputs, output, model_dir, text_column, prefix, input_format, output_format, id_column,
                  workers, cpus_per_worker, gpus_per_worker, chunk_rows, device, precision, ray_address, overwrite)
         return
@@ -172,7 +183,6 @@ def tag(
         raise click.UsageError(f"{', '.join(misused)} only apply with --engine ray.")
     if len(inputs) != 1:
         raise click.UsageError("The local engine takes one INPUT; for many files use --engine ray.")
-    from emolabel.pipeline import TagOptions, tag_file
 
     options = TagOptions(text_column=text_column, model=model_dir, prefix=prefix, input_format=input_format,
                          output_format=output_format, batch_size=batch_size, max_tokens=max_tokens,

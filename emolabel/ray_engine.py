@@ -68,7 +68,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from emolabel.errors import EmolabelError, InputError, OutputError
+from emolabel.errors import EmolabelError, InputError, OptionError, OutputError
 from emolabel.labels import column_names
 
 RAY_MISSING = "The Ray engine needs Ray: pip install 'emolabel[ray]'"
@@ -380,14 +380,26 @@ def _find_emolabel_error(exc: BaseException) -> EmolabelError | None:
 # Output
 
 
-def _check_output(output_dir: str, overwrite: bool) -> None:
+def _check_output(output_dir: str, overwrite: bool, inputs: list[str] = ()) -> None:  # type: ignore[assignment]
     if _is_uri(output_dir):
-        return  # checked with the object store's filesystem in _prepare_uri_output
+        for path in inputs:  # the output folder is replaced whole: it must hold no input
+            if path.rstrip("/").startswith(output_dir.rstrip("/") + "/") or path.rstrip("/") == output_dir.rstrip("/"):
+                raise OutputError(f"{output_dir} holds the input {path}; replacing it would delete the input. "
+                                  "Write to another folder.")
+        return  # the rest is checked with the object store's filesystem in _prepare_uri_output
     p = Path(output_dir)
+    out = p.resolve()
+    for path in inputs:
+        if _is_uri(path):
+            continue
+        src = Path(path).resolve()
+        if src == out or out in src.parents:
+            raise OutputError(f"{output_dir} holds the input {path}; replacing it would delete the input. "
+                              "Write to another folder.")
     if not p.parent.exists():
         raise OutputError(f"Cannot write {output_dir}: folder {p.parent} does not exist. Create it first.")
     if p.exists() and not overwrite:
-        raise OutputError(f"{output_dir} already exists. Pass overwrite=True to replace it.")
+        raise OutputError(f"{output_dir} already exists. Pass `overwrite` to replace it.")
     if not os.access(p.parent, os.W_OK):
         raise OutputError(f"Cannot write {output_dir}: folder {p.parent} is not writable.")
 
@@ -404,7 +416,7 @@ def _prepare_uri_output(output_dir: str, overwrite: bool) -> tuple[Any, str]:
         is_dir = info.type == pafs.FileType.Directory
         listing = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)) if is_dir else [info]
         if listing and not overwrite:
-            raise OutputError(f"{output_dir} already exists. Pass overwrite=True to replace it.")
+            raise OutputError(f"{output_dir} already exists. Pass `overwrite` to replace it.")
         if listing:  # no rename on object stores: drop the marker first, then the old parts
             with contextlib.suppress(OSError, pa.ArrowException):
                 fs.delete_file(f"{path.rstrip('/')}/{SUCCESS}")
@@ -549,16 +561,16 @@ def tag_with_ray(
         raise OutputError(f"Unknown output format {output_format!r}: use {', '.join(OUTPUT_FORMATS)}.")
     if isinstance(workers, int):
         if workers < 1:
-            raise EmolabelError("workers must be at least 1.")
+            raise OptionError("`workers` must be at least 1.")
     elif len(workers) != 2 or not 1 <= workers[0] <= workers[1]:
-        raise EmolabelError(f"workers={workers!r}: give a number or (min, max) with 1 <= min <= max.")
+        raise OptionError(f"`workers` {workers!r}: give a number or (min, max) with 1 <= min <= max.")
     if batch_size < 1 or cpus_per_worker <= 0 or gpus_per_worker < 0:
-        raise EmolabelError("batch_size and cpus_per_worker must be positive, gpus_per_worker not negative.")
+        raise OptionError("`chunk_rows` and `cpus_per_worker` must be positive, `gpus_per_worker` not negative.")
     paths = expand_inputs(inputs)
     fmt = _input_format(paths, input_format)
     model_path = Path(model_dir).resolve()
     labels = list(ModelConfig.load(model_path).labels)  # a bad model folder fails here, before Ray starts
-    _check_output(output_dir, overwrite)
+    _check_output(output_dir, overwrite, paths)
     schemes = {p.split("://", 1)[0] if _is_uri(p) else "" for p in paths}
     if len(schemes) > 1:
         raise InputError("Inputs mix filesystems (local paths and URIs, or several schemes); use one per job.")

@@ -18,6 +18,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 from conftest import PATIENCE
+from helpers import invoke
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs Ray: pip install 'emolabel[ray]'")
 # Ray Data's own start-up notices, not ours
@@ -255,3 +256,24 @@ def test_cli_engine_ray_matches_the_local_engine(tiny_model, tmp_path):
             assert abs(row["emotion_joy"] - ref[row["id"]]["emotion_joy"]) < 1e-5
     bad = invoke("tag", str(tmp_path / "in0.csv"), "-o", "-", "--engine", "ray", "--model", str(tiny_model))
     assert bad.exit_code == 2 and "-o FOLDER" in bad.stderr
+
+
+def test_an_output_folder_holding_an_input_is_refused_before_anything_is_deleted(tiny_model, tmp_path):
+    """`tag 'data/*.csv' -o data --engine ray --overwrite` replaced the folder holding the inputs."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.csv").write_text("text\ni feel happy\n")
+    for out in (data, tmp_path):
+        with pytest.raises(OutputError, match="holds the input"):
+            tag_with_ray([str(data / "*.csv")], str(out), model_dir=str(tiny_model), overwrite=True)
+    assert (data / "a.csv").read_text() == "text\ni feel happy\n"
+
+
+@pytest.mark.parametrize("flag", [["--encoding", "latin-1"], ["--on-error", "skip"], ["--batch-size", "8"],
+                                  ["--max-tokens", "512"], ["--max-length", "16"], ["--threads", "1"], ["--resume"]])
+def test_options_the_ray_engine_would_drop_are_refused(tiny_model, tmp_path, flag):
+    (tmp_path / "a.csv").write_text("text\ni feel happy\n")
+    r = invoke("tag", str(tmp_path / "a.csv"), "-o", str(tmp_path / "out"), "--engine", "ray", "--model",
+               str(tiny_model), *flag)
+    assert r.exit_code == 2 and flag[0] in r.stderr and "--engine ray" in r.stderr
+    assert not (tmp_path / "out").exists()
