@@ -211,7 +211,7 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
     from emolabel.data import Source, load_sources
     from emolabel.evaluate import evaluate_tables, plotting_available, write_report
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # no wrapping in files
     err = Console(stderr=True, quiet=quiet, highlight=False)
     if report and not plotting_available():
         raise click.ClickException("--report draws pictures with matplotlib, which is not installed: "
@@ -268,7 +268,7 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
     for s in result["tables"][0]["selective"]:
         sel.add_column(f">= {s['min_score']:.1f}", justify="right")
     for m in result["tables"]:
-        sel.add_row(Path(m["path"]).name, *(f"{s['coverage']:.0%} / {s['accuracy']:.1%}" for s in m["selective"]))
+        sel.add_row(Path(m["path"]).name, *(f"{s['coverage']:.0%}/{s['accuracy']:.1%}" for s in m["selective"]))
     console.print(sel)
     if styles:
         st = Table(title="styled rewrites of the same texts")

