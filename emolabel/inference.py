@@ -251,6 +251,8 @@ class Labeler:
 
     def predict_proba(self, texts: list[str | None]) -> np.ndarray:
         """Probabilities for a list of texts: (len(texts), labels), NaN rows where there is no text."""
+        if isinstance(texts, str | bytes):  # a str is a list of characters to Python: ten labels for "i am happy"
+            raise TypeError("predict/predict_proba take a list of texts; for one text: labeler.predict([text])[0]")
         return self.run(self.prepare(pa.array(texts, type=pa.string())))
 
     def predict(self, texts: list[str | None]) -> list[str | None]:

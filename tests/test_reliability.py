@@ -155,3 +155,10 @@ def test_input_errors_exit_1_every_time_in_real_processes(tmp_path, tiny_model, 
         r = run_cli("tag", str(src), "-o", str(tmp_path / "out.csv"), "--model", str(tiny_model), cwd=tmp_path)
         assert r.returncode == 1, (where, r.returncode, r.stderr.decode())
         assert b"terminate called" not in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_predict_refuses_a_bare_string(tiny_model):
+    lb = emolabel.load(str(tiny_model), device="cpu")
+    with pytest.raises(TypeError, match="list of texts"):
+        lb.predict("i am happy")
+    assert len(lb.predict(["i am happy"])) == 1
