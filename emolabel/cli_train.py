@@ -123,6 +123,7 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
                       distill_temperature=distill_temperature)
     options = {"pooling": pooling, "head_hidden": hidden, "dropout": dropout, "activation": activation,
                "max_length": max_length, "normalization": normalization}
+    created = not out.exists()
     log_file = Path(log_path) if log_path else out / "train_log.jsonl"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     log = log_file.open("w")
@@ -155,8 +156,20 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
                           f"{event['valid_accuracy']:.2%}, macro-F1 {event['valid_macro_f1']:.4f}, "
                           f"temperature {event['temperature']:.2f}")
 
+    import shutil
+    import signal
+
     from emolabel.train import finetune as run
 
+    # SIGTERM (a scheduler's stop, `kill`) ends a run the way Ctrl-C does: the best epoch so far is kept.
+    got: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    saved = False
     try:
         info = run(list(train), list(valid), out, base=base, text_column=text_column, label_column=label_column,
                    labels=_labels_option(labels), input_format=input_format, model_options=options,
@@ -164,15 +177,20 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
                    teachers=list(teachers) or None, teacher_logits=teacher_logits,
                    save_teacher_logits=save_teacher_logits, objective=objective,
                    command="emolabel finetune " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "")
+        saved = True
     except EmolabelError as e:
         raise to_click(e) from None
     except KeyboardInterrupt:
         console.print("[bold red]Interrupted[/] before the first epoch finished: no model was saved.")
-        sys.exit(130)
+        sys.exit(128 + (got[0] if got else signal.SIGINT))
     finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         log.close()
+        if not saved and created and log_path is None:  # nothing saved: leave no folder to block a rerun
+            shutil.rmtree(out, ignore_errors=True)
     if info.get("stopped"):  # saved, but the run did not end on its own: say so to scripts too
-        sys.exit(130)
+        sys.exit(128 + (got[0] if got else signal.SIGINT))
 
 
 @click.command("eval")

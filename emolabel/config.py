@@ -55,6 +55,18 @@ class ModelConfig:
             raise ModelError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {self.activation!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ModelError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, not {self.normalization!r}")
+        import math
+
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
+            raise ModelError(f"temperature must be a positive number, not {t!r} (0 or less makes every label "
+                             "null or inverts the ranking).")
+        if not isinstance(self.labels, list) or not all(isinstance(x, str) and x for x in self.labels):
+            raise ModelError(f"labels must be a list of names, not {self.labels!r}")
+        reserved = {"score"}  # tag adds EMOTION_score: a label of that name would clash with it
+        if reserved & set(self.labels):
+            raise ModelError(f"a label cannot be named {sorted(reserved & set(self.labels))[0]!r} "
+                             "(tag adds a column of that name).")
         if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
             raise ModelError(f"labels must be at least two distinct names, got {self.labels}")
 

@@ -139,6 +139,10 @@ def load(folder: str | Path, device: str | torch.device = "cpu", lean: bool = Tr
             parts.append(f"wrong shape for {len(wrong)} (e.g. {k}: {tuple(state[k].shape)} "
                          f"in the file, {tuple(expected[k].shape)} in {CONFIG_NAME})")
         raise ModelError(f"{weights} does not match {CONFIG_NAME}: weights " + "; ".join(parts) + ".")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise ModelError(f"{weights}: weight {bad} holds NaN or infinite values (an fp16 overflow when it was "
+                         "saved?); every label would be null. Retrain, or save with --save-dtype fp32.")
     model.load_state_dict(state, strict=True, assign=True)
     _materialize_buffers(model)
     model.eval()

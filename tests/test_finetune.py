@@ -101,8 +101,10 @@ def test_ctrl_c_before_any_epoch_saves_nothing(tmp_path, tiny_base, data):
     assert not (tmp_path / "m" / "training.json").exists()
 
 
-def test_sigint_to_the_cli_saves_the_best_epoch_and_exits_130(tmp_path, tiny_base, data):
-    """A real SIGINT to `emolabel finetune` once an epoch has ended: model saved, exit 130."""
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_to_the_cli_saves_the_best_epoch(tmp_path, tiny_base, data, sig, code):
+    """A real SIGINT or SIGTERM to `emolabel finetune` once an epoch has ended: model saved, 128 + signal."""
     import os
     import signal
     import subprocess
@@ -122,9 +124,9 @@ def test_sigint_to_the_cli_saves_the_best_epoch_and_exits_130(tmp_path, tiny_bas
         if log.exists() and '"event": "epoch"' in log.read_text():
             break
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=PATIENCE)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "interrupted in epoch" in err and "saved" in err and "Traceback" not in err
     info = json.loads((out / "training.json").read_text())
     assert info["stopped"].startswith("interrupted in epoch")
@@ -212,3 +214,11 @@ def test_reads_the_real_training_split(tmp_path):
     data, labels = labelled_data(read_table(str(EMOTION_DATA / "train.csv"), None), "train", "text", "label", None)
     assert len(data.texts) == 16000 and labels[0] == "sadness"
     assert np.bincount(data.labels).tolist() == [4666, 5362, 1304, 2159, 1937, 572]
+
+
+def test_a_failed_finetune_leaves_no_folder_that_blocks_the_rerun(tmp_path, tiny_base, data):
+    train, valid = data
+    out = tmp_path / "m"
+    r = invoke("finetune", str(train), "--validation", str(valid), "-o", str(out), "--base", str(tmp_path / "nope"))
+    assert r.exit_code == 1 and "Cannot load base encoder" in r.stderr
+    assert not out.exists()

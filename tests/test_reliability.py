@@ -162,3 +162,38 @@ def test_predict_refuses_a_bare_string(tiny_model):
     with pytest.raises(TypeError, match="list of texts"):
         lb.predict("i am happy")
     assert len(lb.predict(["i am happy"])) == 1
+
+
+@pytest.mark.parametrize("change", [{"temperature": 0}, {"temperature": -1}, {"temperature": "1"},
+                                    {"labels": ["a", "score"]}, {"labels": "ab"}])
+def test_a_broken_model_config_is_refused_on_load(tmp_path, tiny_model, change):
+    import shutil
+
+    from emolabel.errors import ModelError
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    cfg = json.loads((folder / "emolabel.json").read_text()) | change
+    (folder / "emolabel.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError):
+        emolabel.load(str(folder), device="cpu")
+
+
+def test_non_finite_weights_are_refused_on_load(tmp_path, tiny_model):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from emolabel.errors import ModelError
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    state = load_file(str(folder / "model.safetensors"))
+    key = next(k for k in state if k.startswith("head."))
+    state[key] = torch.full_like(state[key], float("nan"))
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(ModelError, match="NaN or infinite"):
+        emolabel.load(str(folder), device="cpu")
+    r = run_cli("tag", "-", "--model", str(folder), input=b"text\ni feel happy\n")
+    assert r.returncode == 1 and b"NaN or infinite" in r.stderr
