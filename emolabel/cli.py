@@ -98,6 +98,9 @@ def cli() -> None:
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV/JSON Lines input, e.g. latin-1.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="A malformed CSV row or JSON line: stop, or leave it out and report its line.")
+@click.option("--min-score", type=click.FloatRange(0, 1),
+              help="Rows whose top probability is below this get no label and EMOTION_status 'uncertain' "
+                   "(see `emolabel eval` for the coverage each value gives).")
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last committed chunk "
               "(same input, model and options; refused if any changed).")
@@ -127,6 +130,7 @@ def tag(
     threads: int | None,
     encoding: str,
     on_error: str,
+    min_score: float | None,
     overwrite: bool,
     resume: bool,
     engine: str,
@@ -157,6 +161,7 @@ def tag(
       emolabel tag posts.parquet -o posts.labelled.jsonl --text-column body
       cat posts.jsonl | emolabel tag - --input-format jsonl > labelled.jsonl
       emolabel tag big.csv -o - --output-format csv | head
+      emolabel tag reviews.csv -o out.csv --min-score 0.6     # no label where the model is unsure
       emolabel tag 'data/*.parquet' -o labelled/ --engine ray --workers 2-8
     """
 
@@ -168,7 +173,7 @@ def tag(
         d = TagOptions()
         unsupported = {"--encoding": encoding != d.encoding, "--on-error": on_error != d.on_error,
                        "--batch-size": batch_size, "--max-tokens": max_tokens, "--max-length": max_length,
-                       "--threads": threads, "--resume": resume}
+                       "--threads": threads, "--resume": resume, "--min-score": min_score is not None}
         used = [flag for flag, given in unsupported.items() if given]
         if used:
             raise click.UsageError(f"{', '.join(used)} cannot be used with --engine ray yet (the Ray engine would "
@@ -187,7 +192,8 @@ def tag(
     options = TagOptions(text_column=text_column, model=model_dir, prefix=prefix, input_format=input_format,
                          output_format=output_format, batch_size=batch_size, max_tokens=max_tokens,
                          max_length=max_length, chunk_rows=chunk_rows, device=device, precision=precision,
-                         threads=threads, encoding=encoding, on_error=on_error, overwrite=overwrite, resume=resume)
+                         threads=threads, encoding=encoding, on_error=on_error, min_score=min_score,
+                         overwrite=overwrite, resume=resume)
     progress = _Progress(console, quiet)
     try:
         with _signals_raise(), progress:
@@ -315,6 +321,8 @@ def _print_summary(console: Any, s: Any, output: str) -> None:
     target = "stdout" if output == "-" else output
     labels = ", ".join(f"{k} {v:,}" for k, v in s.label_counts.most_common())
     extra = [f"{s.empty:,} empty", f"{s.truncated:,} truncated"]
+    if s.uncertain:
+        extra.insert(0, f"{s.uncertain:,} uncertain (under --min-score)")
     if s.skipped_lines:
         shown = ", ".join(map(str, s.skipped_lines[:10]))
         more = f" and {len(s.skipped_lines) - 10} more" if len(s.skipped_lines) > 10 else ""

@@ -255,8 +255,10 @@ class Labeler:
             raise TypeError("predict/predict_proba take a list of texts; for one text: labeler.predict([text])[0]")
         return self.run(self.prepare(pa.array(texts, type=pa.string())))
 
-    def predict(self, texts: list[str | None]) -> list[str | None]:
-        """The most likely label of each text (None where there is no text)."""
+    def predict(self, texts: list[str | None], min_score: float | None = None) -> list[str | None]:
+        """The most likely label of each text: None where there is no text, and with `min_score`
+        where the top probability is below it (predict_proba tells the two apart: NaN for no text)."""
         probs = self.predict_proba(texts)
-        return [None if np.isnan(p[0]) else self.labels[int(p.argmax())] for p in probs]
+        return [None if np.isnan(p[0]) or (min_score is not None and p.max() < min_score)
+                else self.labels[int(p.argmax())] for p in probs]
 

@@ -37,6 +37,7 @@ class Summary:
     rows: int = 0
     empty: int = 0  # rows with no text: null label and probabilities
     truncated: int = 0  # texts longer than --max-length, cut
+    uncertain: int = 0  # rows whose top probability is under min_score: no label
     seconds: float = 0.0
     label_counts: Counter = field(default_factory=Counter)
     skipped_lines: list[int] = field(default_factory=list)  # --on-error skip
@@ -56,17 +57,18 @@ def check_text_column(reader: Reader, text_column: str) -> None:
         )
 
 
-def check_columns(reader: Reader, text_column: str, labels: list[str], prefix: str) -> pa.Schema:
+def check_columns(reader: Reader, text_column: str, labels: list[str], prefix: str,
+                  status: bool = False) -> pa.Schema:
     """Fail before any work if the text column is missing or a new column would clash."""
     check_text_column(reader, text_column)
     names = reader.schema.names
-    clash = [c for c in column_names(labels, prefix) if c in names]
+    clash = [c for c in column_names(labels, prefix, status) if c in names]
     if clash:
         raise InputError(
             f"{reader.name} already has column(s) {', '.join(clash)}, which tag would add. "
             "Use `prefix` to name the new columns differently (e.g. `prefix` predicted)."
         )
-    return output_schema(reader.schema, labels, prefix)
+    return output_schema(reader.schema, labels, prefix, status)
 
 
 def tag(
@@ -78,13 +80,14 @@ def tag(
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
     resume_from: dict[str, Any] | None = None,
+    min_score: float | None = None,
 ) -> Summary:
     """Label every row of `reader` into `writer` (not committed here); returns counts.
 
     `resume_from`: the counts of rows an interrupted run already committed (a CheckpointWriter's
     stats); that many input rows are skipped, a whole chunk at a time.
     """
-    schema = check_columns(reader, text_column, labeler.labels, prefix)
+    schema = check_columns(reader, text_column, labeler.labels, prefix, status=min_score is not None)
     if workers is None:  # on a GPU the CPU side is the bottleneck; on the CPU the model is
         workers = max(1, min(4, available_cpus() // 4)) if labeler.device.type == "cuda" else 1
     summary = Summary()
@@ -95,6 +98,7 @@ def tag(
         skip = summary.resumed = int(resume_from.get("rows", 0))
         summary.rows, summary.empty = skip, int(resume_from.get("empty", 0))
         summary.truncated = int(resume_from.get("truncated", 0))
+        summary.uncertain = int(resume_from.get("uncertain", 0))
         counts += np.array([resume_from.get("labels", {}).get(n, 0) for n in labeler.labels], dtype=np.int64)
 
     def unread() -> Iterator[pa.RecordBatch]:
@@ -129,10 +133,14 @@ def tag(
             summary.empty += prep.empty
             summary.truncated += prep.truncated
             valid = probs[~np.isnan(probs[:, 0])]
+            if min_score is not None:  # uncertain rows get no label and are counted apart
+                sure = valid.max(axis=1) >= min_score
+                summary.uncertain += int((~sure).sum())
+                valid = valid[sure]
             counts += np.bincount(valid.argmax(axis=1), minlength=len(counts))
             stats = {"rows": summary.rows, "empty": summary.empty, "truncated": summary.truncated,
-                     "labels": {n: int(c) for n, c in zip(labeler.labels, counts)}}
-            out.submit(append_columns(batch, probs, labeler.labels, schema), stats)
+                     "uncertain": summary.uncertain, "labels": {n: int(c) for n, c in zip(labeler.labels, counts)}}
+            out.submit(append_columns(batch, probs, labeler.labels, schema, min_score), stats)
             if progress is not None:
                 progress(batch.num_rows)
     summary.seconds = time.perf_counter() - start
@@ -257,6 +265,7 @@ class TagOptions:
     threads: int | None = None  # CPU threads for the model; None: all cores
     encoding: str = "utf-8"  # of CSV / JSON Lines input
     on_error: str = "fail"  # a malformed row: "fail", or "skip" it and report its line
+    min_score: float | None = None  # rows whose top probability is lower get no label, status "uncertain"
     overwrite: bool = False  # replace an existing output file
     resume: bool = False  # continue an interrupted run from its committed chunks
 
@@ -325,7 +334,9 @@ def tag_file(input: str, output: str, options: TagOptions | None = None, progres
         check_text_column(reader, opts.text_column)  # before the model loads: fail fast
         folder = Path(opts.model) if opts.model else default_model_dir()
         labels = ModelConfig.load(folder).labels
-        schema = check_columns(reader, opts.text_column, labels, opts.prefix)
+        if opts.min_score is not None and not 0 <= opts.min_score <= 1:
+            raise OptionError(f"`min_score` must be between 0 and 1, not {opts.min_score}.")
+        schema = check_columns(reader, opts.text_column, labels, opts.prefix, status=opts.min_score is not None)
         labeler = Labeler(folder, device=opts.device, precision=opts.precision, batch_size=opts.batch_size,
                           max_tokens=opts.max_tokens, max_length=opts.max_length, threads=opts.threads)
         done = None
@@ -342,7 +353,7 @@ def tag_file(input: str, output: str, options: TagOptions | None = None, progres
         if progress is not None:
             progress.start(reader.total_rows, done["rows"] if done else 0)
         summary = tag(reader, writer, labeler, opts.text_column, opts.prefix,
-                      progress.advance if progress is not None else None, resume_from=done)
+                      progress.advance if progress is not None else None, resume_from=done, min_score=opts.min_score)
         writer.commit()
         writer = None
         return summary

@@ -154,3 +154,30 @@ def test_missing_model_folder(tmp_path):
     assert r.exit_code == 1
     assert r.stderr.strip() == f"Error: Model folder {tmp_path / 'nope'} does not exist."
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_min_score_leaves_uncertain_rows_unlabelled_and_says_so(tmp_path, tiny_model):
+    table = sample_table(60, seed=3)
+    src = write_table(table, tmp_path / "in.csv", "csv")
+    full = Labeler(tiny_model, device="cpu").predict_proba(table.column("text").to_pylist())
+    ok = ~np.isnan(full[:, 0])
+    cut = float(np.median(full[ok].max(1)))  # about half the rows fall under it
+    r = invoke("tag", str(src), "-o", str(tmp_path / "o.parquet"), "--model", str(tiny_model), "--min-score", str(cut))
+    assert r.exit_code == 0, r.stderr
+    out = read_path(tmp_path / "o.parquet", "parquet").to_pylist()
+    unsure = 0
+    for row, p, has in zip(out, full, ok):
+        if not has:
+            assert row["emotion"] is None and row["emotion_status"] == "no text"
+        elif p.max() < np.float32(cut):
+            unsure += 1
+            assert row["emotion"] is None and row["emotion_status"] == "uncertain"
+            assert row["emotion_score"] == pytest.approx(p.max(), abs=1e-6)  # probabilities are kept
+        else:
+            assert row["emotion"] == EMOTIONS[int(p.argmax())] and row["emotion_status"] == "labelled"
+    assert unsure > 0 and f"{unsure:,} uncertain" in r.stderr
+    lb = Labeler(tiny_model, device="cpu")
+    texts = table.column("text").to_pylist()
+    assert sum(x is None for x in lb.predict(texts, min_score=cut)) == unsure + int((~ok).sum())
+    r = invoke("tag", str(src), "-o", str(tmp_path / "x.csv"), "--model", str(tiny_model), "--min-score", "1.5")
+    assert r.exit_code == 2
