@@ -70,6 +70,28 @@ def _changes(old: dict[str, Any], new: dict[str, Any], where: str = "") -> list[
     return out
 
 
+LOCK = ".lock"
+
+
+def _lock(folder: Path, target: str) -> int:
+    """Hold an exclusive lock on the progress folder for this run (released when the process ends,
+    however it ends); refuse at once if another run holds it."""
+    import fcntl
+
+    try:
+        folder.mkdir(exist_ok=True)
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise OutputError(f"Cannot write {target}: {e.strerror or e}.") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OutputError(f"Another emolabel run is writing {target} (its progress is in {folder}); wait for it "
+                          "to finish, or write to another file.") from None
+    return fd
+
+
 def read_progress(path: Path) -> dict[str, Any] | None:
     """The saved progress, or None where there is none to use (missing, empty or torn: progress.json
     is replaced atomically, so a damaged one can only come from outside; its parts are not trusted)."""
@@ -89,6 +111,7 @@ class CheckpointWriter:
         self.schema = schema
         self.dir = resume_dir(target)
         self.progress: dict[str, Any] = {"fingerprint": fp, "parts": [], "rows": 0, "stats": {}}
+        self._lock = _lock(self.dir, target)  # one writer per output: a second run is refused, not mixed in
         old = read_progress(self.dir / PROGRESS)
         if old is not None and not resume and old.get("rows", 0):
             raise OutputError(
@@ -104,7 +127,6 @@ class CheckpointWriter:
                 )
             self.progress = old
         try:
-            self.dir.mkdir(exist_ok=True)
             for stray in self.dir.glob("*.tmp"):  # a part that was being written when the process died
                 stray.unlink()
         except OSError as e:
@@ -170,9 +192,16 @@ class CheckpointWriter:
             out.abort()
             raise
         shutil.rmtree(self.dir, ignore_errors=True)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock >= 0:
+            os.close(self._lock)  # closing the descriptor releases the flock
+            self._lock = -1
 
     def abort(self, keep: bool = False) -> None:
         """keep=True (any failure after a commit: an interruption, a full disk during the final
         copy, a bad row): leave the committed parts for --resume."""
         if not keep or not self.progress["parts"]:
             shutil.rmtree(self.dir, ignore_errors=True)
+        self._unlock()

@@ -327,6 +327,12 @@ def _print_summary(console: Any, s: Any, output: str) -> None:
         shown = ", ".join(map(str, s.skipped_lines[:10]))
         more = f" and {len(s.skipped_lines) - 10} more" if len(s.skipped_lines) > 10 else ""
         extra.append(f"{len(s.skipped_lines)} malformed line(s) skipped: {shown}{more}")
+    if console.is_terminal and s.label_counts:  # a distribution reads faster as bars than as numbers
+        top = max(s.label_counts.values())
+        width = max(len(k) for k in s.label_counts)
+        for name, n in s.label_counts.most_common():
+            bar = "█" * max(1, round(30 * n / top))
+            console.print(f"  {name:<{width}} [cyan]{bar}[/] {n:,} ({n / max(s.rows - s.empty, 1):.0%})")
     console.print(
         f"tagged {s.rows:,} rows in {s.seconds:.1f} s ({s.rows_per_s:,.0f} rows/s) -> {target}; "
         + (f"{s.resumed:,} of them from the interrupted run; " if s.resumed else "") +

@@ -71,3 +71,23 @@ def test_progress_bar_renders_on_a_terminal(total):
         progress.advance(5)
         assert progress._progress is None
     assert quiet.getvalue() == ""
+
+
+def test_summary_draws_the_label_distribution_on_a_terminal_only():
+    import io
+    from collections import Counter
+
+    from rich.console import Console
+
+    from emolabel.cli import _print_summary
+    from emolabel.pipeline import Summary
+
+    s = Summary(rows=10, empty=1, label_counts=Counter(joy=6, sadness=3), seconds=1.0)
+    tty = io.StringIO()
+    _print_summary(Console(file=tty, force_terminal=True, width=100, color_system=None), s, "out.csv")
+    lines = tty.getvalue().splitlines()
+    assert lines[0].startswith("  joy ") and lines[0].count("█") == 30 and "6 (67%)" in lines[0]
+    assert lines[1].count("█") == 15 and lines[2].startswith("tagged 10 rows")
+    pipe = io.StringIO()
+    _print_summary(Console(file=pipe, width=100), s, "out.csv")
+    assert "█" not in pipe.getvalue() and pipe.getvalue().startswith("tagged 10 rows")

@@ -141,3 +141,20 @@ def test_resume_needs_files(tiny_model):
     r = subprocess.run([sys.executable, "-m", "emolabel", "tag", "-", "--model", str(tiny_model), "--resume"],
                        input=b"text\nhi\n", capture_output=True)
     assert r.returncode == 2 and b"--resume needs an input file and an output file" in r.stderr
+
+
+def test_a_second_run_to_the_same_output_is_refused_while_the_first_holds_it(tmp_path, big_input, tiny_model,
+                                                                             uninterrupted):
+    """Two runs with one -o shared the progress folder: rows mixed from both, or lost, exit 0 (issue 12)."""
+    work = tmp_path / "w"
+    work.mkdir()
+    target = work / "out.parquet"
+    first = start(big_input, tiny_model, target)
+    wait_for_progress(work, first, parts=1)
+    second = start(big_input, tiny_model, target, "--overwrite")
+    _, err = second.communicate(timeout=PATIENCE)
+    assert second.returncode == 1 and b"Another emolabel run is writing" in err, err
+    _, err = first.communicate(timeout=PATIENCE)
+    assert first.returncode == 0, err.decode()
+    assert target.read_bytes() == uninterrupted
+    assert os.listdir(work) == ["out.parquet"]
