@@ -22,11 +22,6 @@ from emolabel.errors import ModelError, OptionError
 from emolabel.labels import softmax
 from emolabel.normalize import bert_uncased_ready, normalize
 
-# The Rust tokenizer tokenizes a batch on one thread unless told otherwise (measured here: 23k
-# rows/s on one core, 50k on two); use every core this process may run on.
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-os.environ.setdefault("RAYON_NUM_THREADS", str(available_cpus()))
-
 
 def resolve_device(device: str) -> torch.device:
     """'auto' is the first CUDA device when there is one, else the CPU."""
@@ -73,6 +68,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def load_tokenizer(folder: Path, max_length: int):  # -> tokenizers.Tokenizer
     """The model folder's fast tokenizer, truncating to `max_length` tokens, never padding."""
+    # The Rust tokenizer tokenizes a batch on one thread unless told otherwise (measured here: 23k
+    # rows/s on one core, 50k on two); use every core this process may run on. Set when a tokenizer
+    # is first loaded (before its thread pool starts), not at import; a user's own settings win.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    os.environ.setdefault("RAYON_NUM_THREADS", str(available_cpus()))
     from tokenizers import Tokenizer
 
     try:

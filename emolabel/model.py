@@ -17,9 +17,6 @@ from torch import nn
 from emolabel.config import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME, ModelConfig
 from emolabel.errors import ModelError
 
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
-
 _NOT_ARCHITECTURE = ("dtype", "torch_dtype", "transformers_version", "architectures", "_name_or_path")
 
 
@@ -36,6 +33,7 @@ def _build_encoder(encoder_config: dict, lean: bool = False) -> nn.Module:
 
         if bert.supports(cfg):
             return bert.LeanBert(cfg)
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # only once transformers is needed
     from transformers import AutoConfig, AutoModel
 
     model_type = cfg.pop("model_type", None)

@@ -197,3 +197,14 @@ def test_non_finite_weights_are_refused_on_load(tmp_path, tiny_model):
         emolabel.load(str(folder), device="cpu")
     r = run_cli("tag", "-", "--model", str(folder), input=b"text\ni feel happy\n")
     assert r.returncode == 1 and b"NaN or infinite" in r.stderr
+
+
+def test_importing_the_library_changes_no_environment_variable():
+    code = ("import os; before = dict(os.environ); import emolabel, emolabel.cli, emolabel.inference, "
+            "emolabel.model, emolabel.pipeline, emolabel.train, emolabel.evaluate; "
+            "print(sorted(k for k in os.environ if os.environ.get(k) != before.get(k)))")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
