@@ -334,6 +334,8 @@ def tag_file(input: str, output: str, options: TagOptions | None = None, progres
         check_text_column(reader, opts.text_column)  # before the model loads: fail fast
         folder = Path(opts.model) if opts.model else default_model_dir()
         labels = ModelConfig.load(folder).labels
+        if not opts.prefix or not opts.prefix.strip():
+            raise OptionError("`prefix` cannot be empty: the new columns would be named '', '_score', ...")
         if opts.min_score is not None and not 0 <= opts.min_score <= 1:
             raise OptionError(f"`min_score` must be between 0 and 1, not {opts.min_score}.")
         schema = check_columns(reader, opts.text_column, labels, opts.prefix, status=opts.min_score is not None)

@@ -467,6 +467,12 @@ def _short(e: BaseException) -> str:
 # Writing
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def is_regular_file(path: str) -> bool:
     """A plain file (not a pipe, FIFO, /dev/stdin or socket): one that can be read twice."""
     import stat
@@ -551,6 +557,7 @@ class Writer:
             if self.tmp is not None:
                 os.fsync(self._file.fileno())
                 self._file.close()
+                os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a new file gets the usual mode
                 os.replace(self.tmp, self.target)
                 self.tmp = None
             elif self.format is Format.PARQUET:

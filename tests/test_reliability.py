@@ -208,3 +208,14 @@ def test_importing_the_library_changes_no_environment_variable():
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_an_empty_prefix_is_a_usage_error_and_outputs_get_the_usual_mode(tmp_path, tiny_model):
+    src = write_table(_table(3), tmp_path / "in.csv", "csv")
+    r = invoke("tag", str(src), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model), "--prefix", "")
+    assert r.exit_code == 2 and "--prefix cannot be empty" in r.stderr
+    r = invoke("tag", str(src), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model))
+    assert r.exit_code == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "o.csv").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
