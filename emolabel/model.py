@@ -99,6 +99,9 @@ def save(model: EmotionClassifier, tokenizer_json: str, folder: Path, dtype: tor
     state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
              for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "emolabel": "1"})
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder / WEIGHTS_NAME, 0o666 & ~mask)  # safetensors writes 0600: others could not read the model
     (folder / TOKENIZER_NAME).write_text(tokenizer_json)
     model.config.save(folder)
 
