@@ -23,7 +23,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "emotion"
-SHAPES = {"minilm": dict(hidden=384, layers=6, heads=12), "bert-base": dict(hidden=768, layers=12, heads=12)}
+SHAPES = {"minilm": dict(hidden=384, layers=6, heads=12), "bert-base": dict(hidden=768, layers=12, heads=12),
+          # a model that costs next to nothing: its rate is the CPU side's (read, normalize, tokenize,
+          # pad, label columns, write), the proxy for the GPU end to end when no GPU is at hand
+          "stub": dict(hidden=16, layers=1, heads=1, intermediate=16)}
 
 
 def dataset_texts(data: Path) -> list[str]:
