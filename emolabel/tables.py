@@ -194,6 +194,8 @@ class _RowBlocks(io.RawIOBase):
         self._piece = piece
         self._quoted = False  # inside a quoted field at the start of _buf
         self._eof = False
+        self._lines = 0  # newlines handed out so far
+        self.open_line: int | None = None  # line of the quote that opened the field still open
 
     def readable(self) -> bool:
         return True
@@ -221,8 +223,31 @@ class _RowBlocks(io.RawIOBase):
                 self._eof = True
         out = bytes(self._buf[:cut])
         del self._buf[:cut]
+        was = self._quoted
         self._quoted ^= out.count(b'"') % 2 == 1
+        if self._quoted:  # rare: pieces end outside quotes unless a field runs on (to the end?)
+            opened = self._last_opening(out, was)
+            if opened is not None:
+                self.open_line = self._lines + out.count(b"\n", 0, opened) + 1
+        self._lines += out.count(b"\n")
         return out
+
+    @staticmethod
+    def _last_opening(data: bytes, quoted: bool) -> int | None:
+        """Offset of the last quote in `data` that opened a quoted field (None: none opened here)."""
+        last = None
+        i = data.find(b'"')
+        while i >= 0:
+            if not quoted:
+                last = i
+            quoted = not quoted
+            i = data.find(b'"', i + 1)
+        return last
+
+    @property
+    def unclosed(self) -> bool:
+        """At the end of the input: a quoted field never closed (every row after it became its text)."""
+        return self._eof and not self._buf and self._quoted
 
     def _row_end(self, end: int, searched: int) -> int:
         """1 + the last newline in _buf[:end] that is outside quotes (0: none, or none past `searched`)."""
@@ -303,9 +328,10 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
             )
         return InputError(f"{name} cannot be parsed as CSV: {msg}")
 
+    blocks = _RowBlocks(header, stream)
     try:
         reader = pa_csv.open_csv(
-            _RowBlocks(header, stream),
+            blocks,
             read_options=read_opts,
             parse_options=parse_opts,
             convert_options=convert_opts,
@@ -318,6 +344,13 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
+                if blocks.unclosed:
+                    where = f"line {blocks.open_line}" if blocks.open_line else "a row"
+                    raise InputError(
+                        f"{name}, {where}: a quoted field opens here and never closes (an unmatched \"), so "
+                        "every row after it would be read as part of one text. Close or remove that quote "
+                        "(a quote inside a quoted field is written twice: \"\")."
+                    ) from None
                 return
             except pa.ArrowException as e:
                 raise explain(e) from None

@@ -219,3 +219,28 @@ def test_an_empty_prefix_is_a_usage_error_and_outputs_get_the_usual_mode(tmp_pat
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "o.csv").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+
+
+def test_an_open_quote_that_never_closes_is_an_error_naming_its_line(tmp_path, tiny_model):
+    """It swallowed every later row into one text: 2 rows out of 5, exit 0 (issue 12, item 6)."""
+    src = tmp_path / "q.csv"
+    src.write_text('id,text\n1,ok\n2,"broken start\n3,fine\n4,fine\n5,also fine\n')
+    r = run_cli("tag", str(src), "-o", str(tmp_path / "out.csv"), "--model", str(tiny_model))
+    assert r.returncode == 1 and b"line 3: a quoted field opens here and never closes" in r.stderr
+    assert not (tmp_path / "out.csv").exists()
+    ok = tmp_path / "ok.csv"  # escaped quotes and a real multi-line text are fine
+    ok.write_text('id,text\n1,"ok, ""quoted"" fine"\n2,"multi\nline"\n3,x\n')
+    r = run_cli("tag", str(ok), "-o", str(tmp_path / "ok.out.csv"), "--model", str(tiny_model))
+    assert r.returncode == 0 and read_path(tmp_path / "ok.out.csv", "csv").num_rows == 3
+
+
+def test_the_opening_quote_is_found_across_pieces():
+    import io
+
+    from emolabel.tables import _RowBlocks
+
+    body = b"".join(b'%d,"row %d, quoted"\n' % (i, i) for i in range(5000)) + b'5000,"never closed\n5001,x\n'
+    blocks = _RowBlocks(b"id,text\n", io.BytesIO(body), piece=4096)
+    while blocks.read(1 << 20):
+        pass
+    assert blocks.unclosed and blocks.open_line == 5002  # header is line 1
