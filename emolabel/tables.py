@@ -455,6 +455,15 @@ def _open_jsonl(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on
 
 
 def _json_column(values: list[Any], typ: pa.DataType | None, name: str, col: str) -> pa.Array:
+    if typ is not None and pa.types.is_integer(typ):
+        # pyarrow would truncate 1.5 to 1 in an integer column without a word: refuse instead
+        bad = next((v for v in values if isinstance(v, float)), None)
+        if bad is not None:
+            raise InputError(
+                f"{name}: field {col!r} holds whole numbers in the first rows and {bad!r} later; "
+                "emolabel keeps one type per column and will not round it. Write the first values "
+                "as decimals (1.0), or quote the field to read it as text."
+            )
     try:
         return pa.array(values, type=typ)
     except (pa.ArrowException, TypeError, ValueError, OverflowError):

@@ -244,3 +244,13 @@ def test_the_opening_quote_is_found_across_pieces():
     while blocks.read(1 << 20):
         pass
     assert blocks.unclosed and blocks.open_line == 5002  # header is line 1
+
+
+def test_a_json_lines_integer_field_is_never_rounded(tmp_path, tiny_model):
+    """1.5 after the first chunk was written as 1 with exit 0 (issue 12, item 5)."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": "i feel happy", "rating": 1}) + "\n" for _ in range(20))
+                   + json.dumps({"text": "i feel sad", "rating": 1.5}) + "\n")
+    r = invoke("tag", str(src), "-o", str(tmp_path / "out.jsonl"), "--model", str(tiny_model), "--chunk-rows", "10")
+    assert r.exit_code == 1 and "'rating' holds whole numbers in the first rows and 1.5 later" in r.stderr
+    assert not (tmp_path / "out.jsonl").exists()
