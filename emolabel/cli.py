@@ -101,6 +101,7 @@ def cli() -> None:
 @click.option("--min-score", type=click.FloatRange(0, 1),
               help="Rows whose top probability is below this get no label and EMOTION_status 'uncertain' "
                    "(see `emolabel eval` for the coverage each value gives).")
+@click.option("--limit", type=click.IntRange(1), help="Label only the first N rows (a quick try on a big file).")
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last committed chunk "
               "(same input, model and options; refused if any changed).")
@@ -131,6 +132,7 @@ def tag(
     encoding: str,
     on_error: str,
     min_score: float | None,
+    limit: int | None,
     overwrite: bool,
     resume: bool,
     engine: str,
@@ -162,6 +164,7 @@ def tag(
       cat posts.jsonl | emolabel tag - --input-format jsonl > labelled.jsonl
       emolabel tag big.csv -o - --output-format csv | head
       emolabel tag reviews.csv -o out.csv --min-score 0.6     # no label where the model is unsure
+      emolabel tag huge.parquet -o try.csv --limit 1000       # the first 1,000 rows only
       emolabel tag 'data/*.parquet' -o labelled/ --engine ray --workers 2-8
     """
 
@@ -173,7 +176,8 @@ def tag(
         d = TagOptions()
         unsupported = {"--encoding": encoding != d.encoding, "--on-error": on_error != d.on_error,
                        "--batch-size": batch_size, "--max-tokens": max_tokens, "--max-length": max_length,
-                       "--threads": threads, "--resume": resume, "--min-score": min_score is not None}
+                       "--threads": threads, "--resume": resume, "--min-score": min_score is not None,
+                       "--limit": limit}
         used = [flag for flag, given in unsupported.items() if given]
         if used:
             raise click.UsageError(f"{', '.join(used)} cannot be used with --engine ray yet (the Ray engine would "
@@ -192,7 +196,7 @@ def tag(
     options = TagOptions(text_column=text_column, model=model_dir, prefix=prefix, input_format=input_format,
                          output_format=output_format, batch_size=batch_size, max_tokens=max_tokens,
                          max_length=max_length, chunk_rows=chunk_rows, device=device, precision=precision,
-                         threads=threads, encoding=encoding, on_error=on_error, min_score=min_score,
+                         threads=threads, encoding=encoding, on_error=on_error, min_score=min_score, limit=limit,
                          overwrite=overwrite, resume=resume)
     progress = _Progress(console, quiet)
     try:

@@ -81,6 +81,7 @@ def tag(
     workers: int | None = None,
     resume_from: dict[str, Any] | None = None,
     min_score: float | None = None,
+    limit: int | None = None,
 ) -> Summary:
     """Label every row of `reader` into `writer` (not committed here); returns counts.
 
@@ -101,9 +102,19 @@ def tag(
         summary.uncertain = int(resume_from.get("uncertain", 0))
         counts += np.array([resume_from.get("labels", {}).get(n, 0) for n in labeler.labels], dtype=np.int64)
 
+    def limited() -> Iterator[pa.RecordBatch]:
+        seen = 0
+        for batch in reader:
+            if limit is not None:
+                if seen >= limit:
+                    return  # the first `limit` rows only: the rest is never read
+                batch = batch.slice(0, limit - seen)
+            seen += batch.num_rows
+            yield batch
+
     def unread() -> Iterator[pa.RecordBatch]:
         left = skip
-        for batch in reader:
+        for batch in limited():
             if left >= batch.num_rows:  # committed by the interrupted run
                 left -= batch.num_rows
                 continue
@@ -266,6 +277,7 @@ class TagOptions:
     encoding: str = "utf-8"  # of CSV / JSON Lines input
     on_error: str = "fail"  # a malformed row: "fail", or "skip" it and report its line
     min_score: float | None = None  # rows whose top probability is lower get no label, status "uncertain"
+    limit: int | None = None  # label only the first N rows (a quick try on a big file)
     overwrite: bool = False  # replace an existing output file
     resume: bool = False  # continue an interrupted run from its committed chunks
 
@@ -334,6 +346,8 @@ def tag_file(input: str, output: str, options: TagOptions | None = None, progres
         check_text_column(reader, opts.text_column)  # before the model loads: fail fast
         folder = Path(opts.model) if opts.model else default_model_dir()
         labels = ModelConfig.load(folder).labels
+        if opts.limit is not None and opts.limit < 1:
+            raise OptionError(f"`limit` must be at least 1, not {opts.limit}.")
         if not opts.prefix or not opts.prefix.strip():
             raise OptionError("`prefix` cannot be empty: the new columns would be named '', '_score', ...")
         if opts.min_score is not None and not 0 <= opts.min_score <= 1:
@@ -353,9 +367,10 @@ def tag_file(input: str, output: str, options: TagOptions | None = None, progres
         else:
             writer = tables.Writer(output, out_fmt, schema)
         if progress is not None:
-            progress.start(reader.total_rows, done["rows"] if done else 0)
+            total = reader.total_rows if opts.limit is None else min(reader.total_rows or opts.limit, opts.limit)
+            progress.start(total, done["rows"] if done else 0)
         summary = tag(reader, writer, labeler, opts.text_column, opts.prefix,
-                      progress.advance if progress is not None else None, resume_from=done, min_score=opts.min_score)
+                      progress.advance if progress is not None else None, resume_from=done, min_score=opts.min_score, limit=opts.limit)
         writer.commit()
         writer = None
         return summary

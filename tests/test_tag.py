@@ -181,3 +181,15 @@ def test_min_score_leaves_uncertain_rows_unlabelled_and_says_so(tmp_path, tiny_m
     assert sum(x is None for x in lb.predict(texts, min_score=cut)) == unsure + int((~ok).sum())
     r = invoke("tag", str(src), "-o", str(tmp_path / "x.csv"), "--model", str(tiny_model), "--min-score", "1.5")
     assert r.exit_code == 2
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_limit_labels_the_first_rows_only(tmp_path, tiny_model, fmt):
+    table = sample_table(50, seed=4)
+    src = write_table(table, tmp_path / f"in{EXT[fmt]}", fmt)
+    r = invoke("tag", str(src), "-o", str(tmp_path / "o.parquet"), "--model", str(tiny_model), "--limit", "23",
+               "--chunk-rows", "10")
+    assert r.exit_code == 0, r.stderr
+    out = read_path(tmp_path / "o.parquet", "parquet")
+    assert out.num_rows == 23 and out.column("text").to_pylist() == table.column("text").to_pylist()[:23]
+    assert "tagged 23 rows" in r.stderr
