@@ -199,8 +199,17 @@ def tag(
                          threads=threads, encoding=encoding, on_error=on_error, min_score=min_score, limit=limit,
                          overwrite=overwrite, resume=resume)
     progress = _Progress(console, quiet)
+    import warnings
+
+    from emolabel.errors import EmolabelWarning, cli_words
+
+    def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+        console.print(f"[yellow]Warning[/]: {cli_words(str(message))}", soft_wrap=True)
+
     try:
-        with _signals_raise(), progress:
+        with _signals_raise(), progress, warnings.catch_warnings():
+            warnings.simplefilter("always", EmolabelWarning)
+            warnings.showwarning = show
             summary = tag_file(inputs[0], output, options, progress=progress)
     except BrokenPipeError:
         _quiet_broken_pipe()

@@ -17,16 +17,25 @@ class ModelError(EmolabelError):
     """A model folder is missing, incomplete or inconsistent."""
 
 
+class EmolabelWarning(UserWarning):
+    """Something the run can go on with but the user should know (the CLI prints it as a warning)."""
+
+
 class OptionError(EmolabelError):
     """Options that cannot go together, or do not fit the input (the CLI exits 2 for these)."""
+
+
+def cli_words(text: str) -> str:
+    """Options named `field` in the library's words, as the CLI's --field."""
+    import re
+
+    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: "--" + m.group(1).replace("_", "-"), text)
 
 
 def to_click(e: EmolabelError) -> Exception:
     """The CLI's form of a library error: options named `field` in the library's words become
     --field, and an OptionError is a usage error (exit 2); every other error exits 1."""
-    import re
-
     import click
 
-    text = re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: "--" + m.group(1).replace("_", "-"), str(e))
+    text = cli_words(str(e))
     return click.UsageError(text) if isinstance(e, OptionError) else click.ClickException(text)

@@ -49,12 +49,29 @@ class Summary:
 
 
 def check_text_column(reader: Reader, text_column: str) -> None:
+    """The text column exists (else the nearest names are offered) and holds text."""
+    import difflib
+
     names = reader.schema.names
     if text_column not in names:
+        near = [n for n in names if n.lower() == text_column.lower()]
+        near += [n for n in difflib.get_close_matches(text_column, names, n=3, cutoff=0.6) if n not in near]
+        hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
         raise InputError(
-            f"Column {text_column!r} not found in {reader.name}. Available columns: "
+            f"Column {text_column!r} not found in {reader.name}.{hint} Available columns: "
             f"{', '.join(names)}. Use `text_column` to choose."
         )
+    typ = reader.schema.field(text_column).type
+    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_null(typ)):
+        import warnings
+
+        from emolabel.errors import EmolabelWarning
+
+        text_like = [f.name for f in reader.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        warnings.warn(EmolabelWarning(
+            f"column {text_column!r} of {reader.name} holds {typ} values, not text: they are labelled as their "
+            f"text (\"42\"). Text columns: {', '.join(text_like) or 'none'}; use `text_column` to choose."),
+            stacklevel=2)
 
 
 def check_columns(reader: Reader, text_column: str, labels: list[str], prefix: str,

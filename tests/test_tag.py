@@ -193,3 +193,12 @@ def test_limit_labels_the_first_rows_only(tmp_path, tiny_model, fmt):
     out = read_path(tmp_path / "o.parquet", "parquet")
     assert out.num_rows == 23 and out.column("text").to_pylist() == table.column("text").to_pylist()[:23]
     assert "tagged 23 rows" in r.stderr
+
+
+def test_a_missing_column_suggests_the_near_one_and_a_number_column_is_warned_about(tmp_path, tiny_model):
+    src = write_table(pa.table({"id": [1, 2], "Body": ["i feel happy", "i am sad"]}), tmp_path / "in.parquet", "parquet")
+    r = invoke("tag", str(src), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model), "--text-column", "body")
+    assert r.exit_code == 1 and "Did you mean 'Body'?" in r.stderr and "--text-column" in r.stderr
+    r = invoke("tag", str(src), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model), "--text-column", "id")
+    assert r.exit_code == 0 and "Warning: column 'id'" in r.stderr and "holds int64 values, not text" in r.stderr
+    assert "Text columns: Body; use --text-column" in r.stderr
