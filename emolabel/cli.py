@@ -73,6 +73,7 @@ def cli() -> None:
     Examples:
       emolabel tag input.csv -o out.parquet
       cat posts.jsonl | emolabel tag - --input-format jsonl > labelled.jsonl
+      emolabel label "i am so happy" "This made me cry."
       emolabel eval test.csv
       emolabel finetune train.csv --validation validation.csv -o weights/my-model
     """
@@ -225,6 +226,47 @@ def tag(
     except EmolabelError as e:
         raise _fail(e) from None
     _print_summary(console, summary, output)
+
+
+@cli.command("label")
+@click.argument("texts", metavar="TEXT...", nargs=-1, required=True)
+@click.option("--model", "model_dir", type=click.Path(), help="Model folder (default: the shipped model).")
+@click.option("--min-score", type=click.FloatRange(0, 1), help="Say 'uncertain' below this top probability.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per text, with every probability.")
+def label_command(texts: tuple[str, ...], model_dir: str | None, min_score: float | None, as_json: bool) -> None:
+    """Label a few texts given on the command line (- reads one text per line from stdin).
+
+    \b
+    Examples:
+      emolabel label "i am so happy" "This made me cry."
+      echo "OMG it's here!!! 🎉" | emolabel label -
+      emolabel label "Package came on Tuesday." --min-score 0.6 --json
+    """
+    import json
+
+    import emolabel
+
+    if texts == ("-",):
+        texts = tuple(line.rstrip("\n") for line in sys.stdin)
+    try:
+        labeler = emolabel.load(model_dir, device="cpu")
+        probs = labeler.predict_proba(list(texts))
+    except EmolabelError as e:
+        raise _fail(e) from None
+    for text, p in zip(texts, probs):
+        has = not (p != p).any()  # NaN: no readable text
+        best = labeler.labels[int(p.argmax())] if has else None
+        unsure = has and min_score is not None and float(p.max()) < min_score
+        if as_json:
+            row = {"text": text, "emotion": None if unsure else best,
+                   "emotion_score": float(p.max()) if has else None,
+                   **{f"emotion_{n}": float(v) if has else None for n, v in zip(labeler.labels, p)}}
+            if min_score is not None:
+                row["emotion_status"] = "no text" if not has else "uncertain" if unsure else "labelled"
+            click.echo(json.dumps(row, ensure_ascii=False))
+        else:
+            what = "(no text)" if not has else f"uncertain ({best} {p.max():.2f})" if unsure else f"{best} {p.max():.2f}"
+            click.echo(f"{what}\t{text}")
 
 
 def _tag_ray(console: Any, inputs: tuple[str, ...], output: str, model_dir: str | None, text_column: str,

@@ -91,3 +91,26 @@ def test_summary_draws_the_label_distribution_on_a_terminal_only():
     pipe = io.StringIO()
     _print_summary(Console(file=pipe, width=100), s, "out.csv")
     assert "█" not in pipe.getvalue() and pipe.getvalue().startswith("tagged 10 rows")
+
+
+def test_label_gives_a_quick_answer_for_texts_on_the_command_line(tiny_model):
+    import json
+
+    from helpers import invoke
+
+    from emolabel.inference import Labeler
+
+    texts = ["i feel happy today", "i am sad", ""]
+    want = Labeler(tiny_model, device="cpu").predict_proba(texts)
+    r = invoke("label", *texts, "--model", str(tiny_model))
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 3 and lines[2] == "(no text)\t"
+    assert lines[0].endswith("\ti feel happy today") and lines[0].split()[0] in EMOTION_NAMES
+    r = invoke("label", "-", "--model", str(tiny_model), "--json", "--min-score", "0.99", input=b"i am sad\n")
+    row = json.loads(r.stdout)
+    assert row["text"] == "i am sad" and row["emotion"] is None and row["emotion_status"] == "uncertain"
+    assert abs(row["emotion_score"] - float(want[1].max())) < 1e-6
+
+
+EMOTION_NAMES = ["sadness", "joy", "love", "anger", "fear", "surprise"]
