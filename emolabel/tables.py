@@ -125,6 +125,9 @@ def open_input(
     if path != STDIO and path.lower().endswith(".gz"):
         raw = gzip.open(raw, "rb")  # type: ignore[assignment]
     stream = io.BufferedReader(raw, buffer_size=1 << 20) if not hasattr(raw, "peek") else raw
+    if path == STDIO and stream.peek(2)[:2] == b"\x1f\x8b":  # type: ignore[union-attr]
+        # gzip on stdin (`zcat` forgotten): its magic bytes tell, so read through it
+        stream = io.BufferedReader(gzip.GzipFile(fileobj=stream), buffer_size=1 << 20)  # type: ignore[arg-type]
     if fmt is None:
         fmt = format_from_suffix(path) if path != STDIO else None
         if fmt is None:

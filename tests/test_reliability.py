@@ -254,3 +254,16 @@ def test_a_json_lines_integer_field_is_never_rounded(tmp_path, tiny_model):
     r = invoke("tag", str(src), "-o", str(tmp_path / "out.jsonl"), "--model", str(tiny_model), "--chunk-rows", "10")
     assert r.exit_code == 1 and "'rating' holds whole numbers in the first rows and 1.5 later" in r.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_gzip_on_stdin_is_detected_and_read(tmp_path, tiny_model, fmt):
+    """It said 'pass --encoding latin-1' (issue 15): the gzip magic bytes now tell."""
+    import gzip
+
+    data = write_table(_table(7), tmp_path / f"in.{fmt}", fmt).read_bytes()
+    r = invoke("tag", "-", "--model", str(tiny_model), input=gzip.compress(data))
+    assert r.exit_code == 0, r.stderr
+    from helpers import read_bytes
+
+    assert [str(v) for v in read_bytes(r.stdout_bytes, fmt).column("id").to_pylist()] == [str(i) for i in range(7)]
