@@ -12,10 +12,8 @@ from typing import Any
 import click
 
 from emolabel import __version__
-from emolabel.config import PRECISIONS
+from emolabel.config import FORMATS, PRECISIONS
 from emolabel.errors import EmolabelError
-
-FORMATS = ["csv", "parquet", "jsonl"]
 
 
 class Interrupted(Exception):

@@ -10,10 +10,17 @@ from typing import Any
 
 import click
 
-from emolabel.config import ACTIVATIONS, NORMALIZATIONS, OBJECTIVES, POOLINGS, PRECISIONS, ModelConfig, TrainConfig
+from emolabel.config import (
+    ACTIVATIONS,
+    FORMATS,
+    NORMALIZATIONS,
+    OBJECTIVES,
+    POOLINGS,
+    PRECISIONS,
+    ModelConfig,
+    TrainConfig,
+)
 from emolabel.errors import EmolabelError, to_click
-
-FORMATS = ["csv", "parquet", "jsonl"]
 
 
 def _labels_option(value: str | None) -> list[str] | None:

@@ -68,13 +68,14 @@ from typing import Any
 
 import pyarrow as pa
 
+from emolabel.config import FORMATS
 from emolabel.errors import EmolabelError, InputError, OptionError, OutputError
 from emolabel.labels import column_names
 
 RAY_MISSING = "The Ray engine needs Ray: pip install 'emolabel[ray]'"
 CRASH_ENV = "EMOLABEL_RAY_CRASH_ONCE"  # fault-injection hook for tests, see the module docstring
 SUCCESS = "_SUCCESS"
-OUTPUT_FORMATS = ("parquet", "csv", "jsonl")
+OUTPUT_FORMATS = FORMATS
 SOURCE_COLUMN = "__emolabel_source"  # internal: the file of each row, for error messages; dropped by the actors
 # A worker process that dies is restarted this many times per actor (and each batch retried as
 # often) before the job fails: a crash that repeats (e.g. out of memory on one batch) ends the job

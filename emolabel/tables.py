@@ -46,7 +46,7 @@ SUFFIXES = {
     ".ndjson": Format.JSONL,
     ".json": Format.JSONL,
 }
-FORMAT_NAMES = [f.value for f in Format]
+FORMAT_NAMES = [f.value for f in Format]  # config.FORMATS names them for the CLI (a test keeps them in step)
 
 
 def format_from_suffix(path: str) -> Format | None:

@@ -114,3 +114,15 @@ def test_label_gives_a_quick_answer_for_texts_on_the_command_line(tiny_model):
 
 
 EMOTION_NAMES = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+
+
+def test_the_cli_choices_come_from_the_registries_the_library_checks():
+    from emolabel import config, tables
+
+    assert list(config.FORMATS) == tables.FORMAT_NAMES == [f.value for f in tables.Format]
+    opts = {p.name: p for p in cli.commands["tag"].params}
+    assert list(opts["input_format"].type.choices) == list(config.FORMATS)
+    assert list(opts["precision"].type.choices) == list(config.PRECISIONS)
+    ft = {p.name: p for p in cli.commands["finetune"].params}
+    assert list(ft["normalization"].type.choices) == list(config.NORMALIZATIONS)
+    assert ft["epochs"].default == config.TrainConfig.epochs and ft["lr"].default == config.TrainConfig.lr
