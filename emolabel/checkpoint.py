@@ -14,7 +14,6 @@ output; --resume refuses when any of them changed.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from emolabel.errors import OutputError
-from emolabel.tables import Format, Writer
+from emolabel.tables import Format, Writer, file_sha256
 
 PROGRESS = "progress.json"
 
@@ -35,14 +34,9 @@ def resume_dir(target: str) -> Path:
 
 
 def _file_digest(path: Path) -> dict[str, Any]:
-    """Size and SHA-256 of the whole file (about 1 s per GB): any edit, wherever it is, and
-    whatever its mtime says, changes it."""
-    st = path.stat()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"path": str(path.resolve()), "size": st.st_size, "sha256": h.hexdigest()}
+    """Size and SHA-256 of the whole file: any edit, wherever it is, and whatever its mtime says,
+    changes it."""
+    return {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def fingerprint(input_path: str, model_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +47,7 @@ def fingerprint(input_path: str, model_dir: Path, options: dict[str, Any]) -> di
     files = sorted(p for p in model_dir.iterdir() if p.is_file())
     return {
         "input": _file_digest(Path(input_path)),
-        "model": {p.name: _file_digest(p)["sha256"] for p in files},
+        "model": {p.name: file_sha256(p) for p in files},
         "options": options,
         "emolabel": __version__,
     }

@@ -8,7 +8,6 @@ can count for less than its size without being cut, and a small one for more.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import pyarrow as pa
 
 from emolabel.config import EMOTIONS
 from emolabel.errors import InputError
-from emolabel.tables import Format, open_input
+from emolabel.tables import Format, file_sha256, open_input
 
 
 @dataclass
@@ -94,14 +93,6 @@ def labelled_data(table: pa.Table, name: str, text_column: str, label_column: st
     return data, labels
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class Source:
     """A table to train or validate on; `weight` is the share of its rows in each training epoch."""
@@ -150,7 +141,7 @@ def load_sources(sources: list[Source], fmt: str | None, text_column: str, label
     out = []
     for src in sources:
         data, labels = labelled_data(read_table(src.path, fmt), src.path, text_column, label_column, labels)
-        out.append(SourceData(src, data, sha256(src.path)))
+        out.append(SourceData(src, data, file_sha256(src.path)))
     return out, labels  # type: ignore[return-value]
 
 

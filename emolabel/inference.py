@@ -63,6 +63,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "fp32"
     if precision == "int8" and device.type != "cpu":
         raise OptionError("`precision` int8 is a CPU path; on a GPU use bf16 or fp16.")
+    if precision == "int8" and not int8_available():
+        raise OptionError("`precision` int8 needs the fbgemm or qnnpack engine, which this torch build lacks; "
+                          "use fp32.")
     return precision
 
 

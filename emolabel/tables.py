@@ -512,6 +512,17 @@ def _short(e: BaseException) -> str:
 # Writing
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a whole file, read in 1 MiB blocks (about 1 s per GB)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
