@@ -92,7 +92,8 @@ def cli() -> None:
 @click.option("--chunk-rows", type=click.IntRange(1), help="Rows read, length-sorted and written at a time [65536 GPU, 8192 CPU; Ray: rows per actor call, 4096].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
-              show_default=True, help="auto: bf16 on a GPU; int8 (per-channel dynamic quantization, -0.1 accuracy points) on the CPU.")
+              show_default=True, help="auto: bf16 on a GPU, fp32 on the CPU. int8: faster on the CPU, but a row's "
+              "numbers then depend on the rows batched with it.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for the model [all cores].")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV/JSON Lines input, e.g. latin-1.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
@@ -243,28 +244,26 @@ def label_command(texts: tuple[str, ...], model_dir: str | None, min_score: floa
     import json
 
     import emolabel
+    from emolabel.labels import label_columns
 
     if texts == ("-",):
         texts = tuple(line.rstrip("\n") for line in sys.stdin)
     try:
         labeler = emolabel.load(model_dir, device="cpu")
         probs = labeler.predict_proba(list(texts))
+        cols = label_columns(probs, labeler.labels, min_score=min_score)
     except EmolabelError as e:
         raise _fail(e) from None
-    for text, p in zip(texts, probs):
-        has = not (p != p).any()  # NaN: no readable text
-        best = labeler.labels[int(p.argmax())] if has else None
-        unsure = has and min_score is not None and float(p.max()) < min_score
+    rows = {name: col.to_pylist() for name, col in cols.items()}  # the same columns `tag` writes
+    for i, text in enumerate(texts):
+        row = {"text": text} | {name: values[i] for name, values in rows.items()}
         if as_json:
-            row = {"text": text, "emotion": None if unsure else best,
-                   "emotion_score": float(p.max()) if has else None,
-                   **{f"emotion_{n}": float(v) if has else None for n, v in zip(labeler.labels, p)}}
-            if min_score is not None:
-                row["emotion_status"] = "no text" if not has else "uncertain" if unsure else "labelled"
             click.echo(json.dumps(row, ensure_ascii=False))
+        elif row["emotion_score"] is None:
+            click.echo(f"(no text)\t{text}")
         else:
-            what = "(no text)" if not has else f"uncertain ({best} {p.max():.2f})" if unsure else f"{best} {p.max():.2f}"
-            click.echo(f"{what}\t{text}")
+            what = f"{labeler.labels[int(probs[i].argmax())]} {row['emotion_score']:.2f}"
+            click.echo(f"{what if row['emotion'] else f'uncertain ({what})'}\t{text}")
 
 
 def _tag_ray(console: Any, inputs: tuple[str, ...], output: str, model_dir: str | None, text_column: str,
