@@ -234,7 +234,7 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
 
     from emolabel.config import ModelConfig, default_model_dir
     from emolabel.data import Source, load_sources
-    from emolabel.evaluate import evaluate_tables, plotting_available, write_report
+    from emolabel.evaluate import evaluate_tables, plotting_available, write_predictions, write_report
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # no wrapping in files
     err = Console(stderr=True, quiet=quiet, highlight=False)
@@ -252,7 +252,7 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
         result, probs = evaluate_tables(labeler, data, styles=styles, on_table=lambda t: err.print(
             f"scored {t['path']} ({t['rows']:,} rows): accuracy {t['accuracy']:.2%}"))
         if predictions:
-            _write_predictions(predictions, data, probs, labeler.labels)
+            write_predictions(predictions, data, probs, labeler.labels)
     except EmolabelError as e:
         raise to_click(e) from None
     except KeyboardInterrupt:
@@ -309,37 +309,3 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
             err.print(f"wrote {p}")
     if predictions:
         err.print(f"wrote {predictions}")
-
-
-def _write_predictions(path: str, data: list, probs: list, labels: list[str]) -> None:
-    """Every scored row: its table, text, gold and predicted label, score and whether it is wrong."""
-    import numpy as np
-    import pyarrow as pa
-
-    from emolabel import tables
-
-    fmt = tables.format_from_suffix(path)
-    if fmt is None:
-        raise EmolabelError(f"Cannot tell the format of --predictions {path}; use a .csv, .parquet or .jsonl name.")
-    names = np.asarray(labels, dtype=object)
-    cols: dict[str, list] = {"table": [], "text": [], "gold": [], "predicted": [], "score": [], "wrong": []}
-    for src, p in zip(data, probs):
-        ok = ~np.isnan(p[:, 0])
-        pred = np.where(ok, np.nan_to_num(p, nan=0).argmax(1), 0)
-        cols["table"] += [src.source.path] * len(p)
-        cols["text"] += src.data.texts
-        cols["gold"] += list(names[src.data.labels])
-        cols["predicted"] += [names[i] if o else None for i, o in zip(pred, ok)]
-        cols["score"] += [float(x) if o else None for x, o in zip(np.nan_to_num(p, nan=0).max(1), ok)]
-        cols["wrong"] += [bool(w) for w in (~ok | (pred != src.data.labels))]
-    table = pa.table({"table": pa.array(cols["table"], pa.string()), "text": pa.array(cols["text"], pa.string()),
-                      "gold": pa.array(cols["gold"], pa.string()), "predicted": pa.array(cols["predicted"], pa.string()),
-                      "score": pa.array(cols["score"], pa.float32()), "wrong": pa.array(cols["wrong"], pa.bool_())})
-    writer = tables.Writer(path, fmt, table.schema)
-    try:
-        for batch in table.to_batches(65536):
-            writer.write(batch)
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise

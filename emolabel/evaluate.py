@@ -126,6 +126,39 @@ def evaluate_tables(labeler: Any, tables: list[Any], styles: bool = False,
     return report, all_probs
 
 
+def write_predictions(path: str, tables: list[Any], probs: list[np.ndarray], labels: list[str]) -> None:
+    """Every scored row to `path` (.csv, .parquet, .jsonl, written atomically): its table, text,
+    gold and predicted label, score, and whether it is wrong (no text counts as wrong, as above)."""
+    import pyarrow as pa
+
+    from emolabel import tables as tb
+    from emolabel.errors import OutputError
+    from emolabel.labels import label_columns
+
+    fmt = tb.format_from_suffix(path)
+    if fmt is None:
+        raise OutputError(f"Cannot tell the format of {path}; use a .csv, .parquet or .jsonl name.")
+    parts = []
+    for src, p in zip(tables, probs):
+        cols = label_columns(p, labels)  # the label and score exactly as `tag` writes them
+        gold = pa.array(np.asarray(labels, dtype=object)[src.data.labels], pa.string())
+        parts.append(pa.table({
+            "table": pa.array([src.source.path] * len(p), pa.string()),
+            "text": pa.array(src.data.texts, pa.string()),
+            "gold": gold, "predicted": cols["emotion"], "score": cols["emotion_score"],
+            "wrong": pa.array(np.asarray(cols["emotion"].to_pylist(), dtype=object) != gold.to_numpy(zero_copy_only=False)),
+        }))
+    table = pa.concat_tables(parts)
+    writer = tb.Writer(path, fmt, table.schema)
+    try:
+        for batch in table.to_batches(65536):
+            writer.write(batch)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
 def plotting_available() -> bool:
     try:
         import matplotlib  # noqa: F401
