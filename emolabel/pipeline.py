@@ -284,8 +284,8 @@ class TagOptions:
     prefix: str = DEFAULT_PREFIX  # of the added columns
     input_format: str | None = None  # None: from the extension (stdin: sniffed)
     output_format: str | None = None  # None: from the extension (stdout: the input's)
-    batch_size: int | None = None  # rows per model batch; None: 1024 on a GPU (keeps it busy), 64 on the CPU
-    max_tokens: int | None = None  # padded tokens per batch; None: 65536 on a GPU, 4096 on the CPU
+    batch_size: int | None = None  # rows per model batch; None: the Labeler's default for the device
+    max_tokens: int | None = None  # padded tokens per batch; None: the Labeler's default for the device
     max_length: int | None = None  # truncate texts to this many tokens; None: the model's (128)
     chunk_rows: int | None = None  # rows read and written at a time; None: 65536 on a GPU, 8192 on the CPU
     device: str = "auto"  # auto: the first CUDA GPU, else the CPU
@@ -307,14 +307,9 @@ class TagOptions:
     }
 
     def resolve(self, device_type: str) -> TagOptions:
-        """The defaults that depend on the device, filled in."""
-        gpu = device_type == "cuda"
-        return dataclasses.replace(
-            self,
-            batch_size=self.batch_size or (1024 if gpu else 64),
-            max_tokens=self.max_tokens or (65536 if gpu else 4096),
-            chunk_rows=self.chunk_rows or (65536 if gpu else 8192),
-        )
+        """The read chunk's default for the device filled in (the Labeler fills in its own batch
+        defaults; tag_file takes them from it for the fingerprint)."""
+        return dataclasses.replace(self, chunk_rows=self.chunk_rows or (65536 if device_type == "cuda" else 8192))
 
     def output_options(self) -> dict[str, Any]:
         """The fields that change the output: what --resume must find unchanged."""
@@ -375,7 +370,8 @@ def tag_file(input: str, output: str, options: TagOptions | None = None, progres
         done = None
         if checkpointed:
             resolved = dataclasses.replace(opts, max_length=labeler.max_length, precision=labeler.precision,
-                                           device=labeler.device.type, input_format=reader.format.value,
+                                           device=labeler.device.type, batch_size=labeler.batch_size,
+                                           max_tokens=labeler.max_tokens, input_format=reader.format.value,
                                            output_format=out_fmt.value)
             writer = checkpoint.CheckpointWriter(output, out_fmt, schema,
                                                  checkpoint.fingerprint(input, folder, resolved.output_options()),
