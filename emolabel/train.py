@@ -382,8 +382,8 @@ def finetune(
                       "valid": {s.source.path: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
                                 for s, m in zip(valid_src, per_table)},
                       "seconds": time.time() - t0}
-            history.append(record)
-            emit(record)
+            # Keep the epoch before announcing it: a signal that arrives once the log says "epoch N"
+            # must find epoch N saved (it raced here and lost the run).
             if score > best["objective"]:
                 best = {"epoch": epoch, "objective": score, "valid": record["valid"],
                         "accuracy": record["valid_accuracy"], "macro_f1": record["valid_macro_f1"]}
@@ -391,9 +391,11 @@ def finetune(
                 stale = 0
             else:
                 stale += 1
-                if stale >= cfg.patience:
-                    emit({"event": "early_stop", "epoch": epoch, "best_epoch": best["epoch"]})
-                    break
+            history.append(record)
+            emit(record)
+            if stale >= cfg.patience:
+                emit({"event": "early_stop", "epoch": epoch, "best_epoch": best["epoch"]})
+                break
     except KeyboardInterrupt:
         if best_state is None:
             raise  # nothing to keep: no epoch finished
