@@ -29,10 +29,9 @@ RAY_JOB = r"""
 import json, sys
 from emolabel.ray_engine import tag_with_ray
 src, out, model, workers, cpus, batch, device = sys.argv[1:8]
-s = tag_with_ray([src], out, model_dir=model, workers=int(workers), cpus_per_worker=float(cpus),
-                 batch_size=int(batch), device=device)
-s.pop("files")
-print(json.dumps(s))
+s = tag_with_ray([src], out, model=model, workers=int(workers), cpus_per_worker=float(cpus),
+                 chunk_rows=int(batch), device=device)
+print(json.dumps({"rows": s.rows, "empty": s.empty, "seconds": s.seconds, "rows_per_s": s.rows_per_s}))
 """
 
 

@@ -29,18 +29,20 @@ def load(model_dir: str | None = None, device: str = "auto", precision: str = "a
     return Labeler(model_dir or default_model_dir(), device=device, precision=precision, **kwargs)
 
 
-def tag_file(input: str, output: str, options: TagOptions | None = None, progress: Any = None,
-             **fields: Any) -> Summary:
-    """Label every row of the file `input` into the file `output` (or '-' for stdin/stdout), as
-    `emolabel tag` does: same formats, resume and atomic output. Options are a TagOptions or its
-    fields as keywords (text_column="body", model="weights/my-model", resume=True, ...)."""
+def tag_file(input: str | list[str], output: str, options: TagOptions | None = None, progress: Any = None,
+             engine: Any = "local", **fields: Any) -> Summary:
+    """Label every row of `input` (a file, '-' for stdin, or several files or globs) into `output`
+    (a file or '-'), as `emolabel tag` does: same formats, resume and atomic output. Options are a
+    TagOptions or its fields as keywords (text_column="body", model="weights/my-model",
+    resume=True, ...). `engine`: "local", "ray", or an engine such as
+    emolabel.ray_engine.RayEngine(workers=4) (then `output` is a folder of part files)."""
     import dataclasses
 
+    from emolabel import engines
     from emolabel.pipeline import TagOptions
-    from emolabel.pipeline import tag_file as run
 
     opts = dataclasses.replace(options or TagOptions(), **fields)
-    return run(input, output, opts, progress=progress)
+    return engines.run(engines.make(engine) if isinstance(engine, str) else engine, input, output, opts, progress)
 
 
 __all__ = ["__version__", "load", "tag_file"]

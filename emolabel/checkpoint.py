@@ -39,14 +39,14 @@ def _file_digest(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
-def fingerprint(input_path: str, model_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
+def fingerprint(inputs: str | list[str], model_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
     """What --resume must find unchanged: the input, every file of the model folder, the options
     that change output (pipeline.TagOptions.output_options) and emolabel's version."""
     from emolabel import __version__
 
     files = sorted(p for p in model_dir.iterdir() if p.is_file())
     return {
-        "input": _file_digest(Path(input_path)),
+        "input": _file_digest(Path(inputs)) if isinstance(inputs, str) else [_file_digest(Path(p)) for p in inputs],
         "model": {p.name: file_sha256(p) for p in files},
         "options": options,
         "emolabel": __version__,

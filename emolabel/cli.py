@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from emolabel import __version__
-from emolabel.config import FORMATS, PRECISIONS
+from emolabel.config import ENGINES, FORMATS, PRECISIONS
 from emolabel.errors import EmolabelError
 
 
@@ -105,12 +105,12 @@ def cli() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last committed chunk "
               "(same input, model and options; refused if any changed).")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
               help="local: this process. ray: a Ray cluster (pip install 'emolabel[ray]'); INPUT may be many "
                    "files, globs or object-store URIs.")
 @click.option("--workers", help="Ray: model workers, N or MIN-MAX to autoscale [1-(CPUs-1), or one per GPU].")
-@click.option("--cpus-per-worker", type=click.FloatRange(0.1), default=1.0, show_default=True, help="Ray: CPUs per worker.")
-@click.option("--gpus-per-worker", type=click.FloatRange(0), default=0.0, show_default=True, help="Ray: GPUs per worker.")
+@click.option("--cpus-per-worker", type=click.FloatRange(0.1), help="Ray: CPUs per worker [1].")
+@click.option("--gpus-per-worker", type=click.FloatRange(0), help="Ray: GPUs per worker [0].")
 @click.option("--ray-address", help="Ray: cluster address (default: RAY_ADDRESS, else a local Ray).")
 @click.option("--id-column", help="Ray: input column that identifies rows (default: an added EMOTION_row_id).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary on stderr.")
@@ -137,8 +137,8 @@ def tag(
     resume: bool,
     engine: str,
     workers: str | None,
-    cpus_per_worker: float,
-    gpus_per_worker: float,
+    cpus_per_worker: float | None,
+    gpus_per_worker: float | None,
     ray_address: str | None,
     id_column: str | None,
     quiet: bool,
@@ -168,31 +168,10 @@ def tag(
       emolabel tag 'data/*.parquet' -o labelled/ --engine ray --workers 2-8
     """
 
-    from emolabel.pipeline import TagOptions, tag_file
+    from emolabel import engines
+    from emolabel.pipeline import TagOptions
 
     console = _stderr_console(quiet)
-    if engine == "ray":
-        # Options the Ray engine does not honour yet are refused, never silently dropped.
-        d = TagOptions()
-        unsupported = {"--encoding": encoding != d.encoding, "--on-error": on_error != d.on_error,
-                       "--batch-size": batch_size, "--max-tokens": max_tokens, "--max-length": max_length,
-                       "--threads": threads, "--resume": resume, "--min-score": min_score is not None,
-                       "--limit": limit}
-        used = [flag for flag, given in unsupported.items() if given]
-        if used:
-            raise click.UsageError(f"{', '.join(used)} cannot be used with --engine ray yet (the Ray engine would "
-                                   "ignore them); leave them out, or use the local engine.")
-        _tag_ray(console, inputs, output, model_dir, text_column, prefix, input_format, output_format, id_column,
-                 workers, cpus_per_worker, gpus_per_worker, chunk_rows, device, precision, ray_address, overwrite)
-        return
-    ray_only = {"--workers": workers, "--ray-address": ray_address, "--id-column": id_column,
-                "--gpus-per-worker": gpus_per_worker or None, "--cpus-per-worker": None if cpus_per_worker == 1.0 else 1}
-    misused = [k for k, v in ray_only.items() if v is not None]
-    if misused:
-        raise click.UsageError(f"{', '.join(misused)} only apply with --engine ray.")
-    if len(inputs) != 1:
-        raise click.UsageError("The local engine takes one INPUT; for many files use --engine ray.")
-
     options = TagOptions(text_column=text_column, model=model_dir, prefix=prefix, input_format=input_format,
                          output_format=output_format, batch_size=batch_size, max_tokens=max_tokens,
                          max_length=max_length, chunk_rows=chunk_rows, device=device, precision=precision,
@@ -210,7 +189,9 @@ def tag(
         with _signals_raise(), progress, warnings.catch_warnings():
             warnings.simplefilter("always", EmolabelWarning)
             warnings.showwarning = show
-            summary = tag_file(inputs[0], output, options, progress=progress)
+            runner = engines.make(engine, workers=workers, cpus_per_worker=cpus_per_worker,
+                                  gpus_per_worker=gpus_per_worker, ray_address=ray_address, id_column=id_column)
+            summary = engines.run(runner, list(inputs), output, options, progress=progress)
     except BrokenPipeError:
         _quiet_broken_pipe()
     except Interrupted as e:
@@ -266,46 +247,6 @@ def label_command(texts: tuple[str, ...], model_dir: str | None, min_score: floa
             click.echo(f"{what if row['emotion'] else f'uncertain ({what})'}\t{text}")
 
 
-def _tag_ray(console: Any, inputs: tuple[str, ...], output: str, model_dir: str | None, text_column: str,
-             prefix: str, input_format: str | None, output_format: str | None, id_column: str | None,
-             workers: str | None, cpus_per_worker: float, gpus_per_worker: float, chunk_rows: int | None,
-             device: str, precision: str, ray_address: str | None, overwrite: bool) -> None:
-    """--engine ray: the same model and batch code, run by Ray Data actors (emolabel/ray_engine.py)."""
-    from emolabel.config import available_cpus, default_model_dir
-
-    if output == "-":
-        raise click.UsageError("--engine ray writes a folder of part files: give -o FOLDER.")
-    pool: int | tuple[int, int]
-    if workers:
-        try:
-            lo, _, hi = workers.partition("-")
-            pool = (int(lo), int(hi)) if hi else int(lo)
-        except ValueError:
-            raise click.BadParameter("N or MIN-MAX, e.g. 4 or 1-8", param_hint="--workers") from None
-    elif gpus_per_worker:
-        pool = 1
-    else:
-        pool = (1, max(1, int((available_cpus() - 1) // cpus_per_worker)))
-
-    try:
-        with _signals_raise():
-            from emolabel.ray_engine import tag_with_ray
-
-            s = tag_with_ray(list(inputs), output, model_dir=str(model_dir or default_model_dir()),
-                             text_column=text_column, prefix=prefix, input_format=input_format,
-                             output_format=output_format or "parquet", id_column=id_column, workers=pool,
-                             cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                             batch_size=chunk_rows or 4096, device=device, precision=precision,
-                             ray_address=ray_address, overwrite=overwrite)
-    except Interrupted as e:
-        console.print(f"[bold red]Interrupted[/] ({e}). Nothing was written to {output}.")
-        sys.exit(128 + e.signum)
-    except EmolabelError as e:
-        raise _fail(e) from None
-    console.print(f"tagged {s['rows']:,} rows in {s['seconds']:.1f} s ({s['rows_per_s']:,.0f} rows/s) with Ray "
-                  f"-> {s['output_dir']} ({len(s['files'])} part files); {s['empty']:,} empty", soft_wrap=True)
-
-
 class _Progress:
     """A Rich progress bar on stderr when it is a terminal (pipeline.tag_file's progress); silent otherwise."""
 
@@ -322,14 +263,15 @@ class _Progress:
         if self._progress is not None:
             self._progress.stop()
 
-    def start(self, total: int | None, done: int) -> None:
+    def start(self, total: int | None, done: int, total_bytes: int | None = None) -> None:
+        """`total` rows (Parquet), else `total_bytes` of a CSV / JSON Lines file: the bar moves by
+        bytes read, the count by rows; neither known (stdin): a row count and a rate."""
         if done:
             self.console.print(f"resuming after {done:,} committed rows")
         if not self.on:
             return
         from rich.progress import (
             BarColumn,
-            MofNCompleteColumn,
             Progress,
             ProgressColumn,
             TaskProgressColumn,
@@ -339,24 +281,36 @@ class _Progress:
         )
         from rich.text import Text
 
-        class RowsPerSecond(ProgressColumn):
+        class Rows(ProgressColumn):
             def render(self, task: Any) -> Text:
-                return Text(f"{task.speed:,.0f} rows/s" if task.speed else "- rows/s")
+                rows, elapsed = task.fields["rows"], task.elapsed or 0
+                of = f"/{task.total:,.0f}" if task.fields["by_rows"] and task.total else ""
+                rate = f"{(rows - task.fields['done']) / elapsed:,.0f} rows/s" if elapsed > 0.5 and rows > task.fields["done"] else "- rows/s"
+                return Text(f"{rows:,}{of} rows  {rate}")
 
+        bar = total or total_bytes
         columns: list[Any] = [TextColumn("tagging")]
-        if total:
+        if bar:
             columns += [BarColumn(), TaskProgressColumn()]
-        columns += [MofNCompleteColumn() if total else TextColumn("{task.completed:,.0f} rows"), RowsPerSecond(),
-                    TimeElapsedColumn()]
-        if total:
+        columns += [Rows(), TimeElapsedColumn()]
+        if bar:
             columns.append(TimeRemainingColumn())
         self._progress = Progress(*columns, console=self.console, transient=True)
         self._progress.start()
-        self._task = self._progress.add_task("tag", total=total, completed=done)
+        by_rows = not (total is None and total_bytes)
+        self._task = self._progress.add_task("tag", total=bar, completed=done if by_rows else 0, rows=done,
+                                             done=done, by_rows=by_rows)
 
-    def advance(self, rows: int) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task, rows)
+    def advance(self, rows: int, position: int | None = None) -> None:
+        """`rows` more labelled; `position`: bytes read so far, when the bar is by bytes."""
+        if self._progress is None:
+            return
+        task = self._progress.tasks[0]
+        fields = {"rows": task.fields["rows"] + rows}
+        if task.fields["by_rows"]:
+            self._progress.update(self._task, advance=rows, **fields)
+        else:
+            self._progress.update(self._task, completed=position or task.completed, **fields)
 
     @staticmethod
     def saved_rows(output: str) -> int:
@@ -370,7 +324,10 @@ class _Progress:
 
 
 def _print_summary(console: Any, s: Any, output: str) -> None:
+    """One summary for every engine (pipeline.Summary)."""
     target = "stdout" if output == "-" else output
+    if s.files:
+        target += f" ({len(s.files)} part files)"
     labels = ", ".join(f"{k} {v:,}" for k, v in s.label_counts.most_common())
     extra = [f"{s.empty:,} empty", f"{s.truncated:,} truncated"]
     if s.uncertain:
@@ -385,8 +342,10 @@ def _print_summary(console: Any, s: Any, output: str) -> None:
         for name, n in s.label_counts.most_common():
             bar = "█" * max(1, round(30 * n / top))
             console.print(f"  {name:<{width}} [cyan]{bar}[/] {n:,} ({n / max(s.rows - s.empty, 1):.0%})")
+    how = f" with {s.engine.capitalize()}" if s.engine != "local" else ""
+    start = f"; {s.startup:.1f} s of it start-up" if s.startup >= 0.05 else ""
     console.print(
-        f"tagged {s.rows:,} rows in {s.seconds:.1f} s ({s.rows_per_s:,.0f} rows/s) -> {target}; "
+        f"tagged {s.rows:,} rows in {s.seconds:.1f} s{start} ({s.rows_per_s:,.0f} rows/s){how} -> {target}; "
         + (f"{s.resumed:,} of them from the interrupted run; " if s.resumed else "") +
         f"{labels or 'no labels'}; {'; '.join(extra)}",
         soft_wrap=True,

@@ -19,6 +19,7 @@ TOKENIZER_NAME = "tokenizer.json"
 FORMAT_VERSION = 1
 # Table formats (tables.Format implements them; named here so the CLI needs no pyarrow)
 FORMATS = ("csv", "parquet", "jsonl")
+ENGINES = ("local", "ray")  # emolabel.engines.make
 # Text normalization schemes (implemented in normalize.py; named here so the CLI needs no pyarrow)
 NORMALIZATIONS = ("none", "social-v1", "social-v2")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # inference.resolve_precision says what auto is

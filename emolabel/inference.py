@@ -126,7 +126,11 @@ class Prepared:
     n: int  # rows in the chunk, texts or not
     rows: np.ndarray  # (n_valid,) chunk row of each model input, in batch order
     batches: list[tuple[np.ndarray, np.ndarray]]  # (ids, mask), each (batch, its own max length)
-    truncated: int  # texts cut at max_length
+    cut: np.ndarray  # (n_truncated,) chunk rows whose text was cut at max_length
+
+    @property
+    def truncated(self) -> int:
+        return len(self.cut)
 
     @property
     def empty(self) -> int:
@@ -198,7 +202,7 @@ class Labeler:
         strs = pc.filter(norm, keep).to_pylist()
         encs = self.encoder.encode(strs)
         lengths = np.fromiter((len(e) for e in encs), dtype=np.int64, count=len(encs))
-        truncated = sum(1 for e in encs if e.overflowing)
+        cut = valid[np.fromiter((bool(e.overflowing) for e in encs), dtype=bool, count=len(encs))]
         flat = np.fromiter((i for e in encs for i in e.ids), dtype=np.int64, count=int(lengths.sum()))
         starts = np.zeros(len(encs), dtype=np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
@@ -213,7 +217,7 @@ class Labeler:
             gather = np.minimum(starts[idx][:, None] + pos[None, :], max(len(flat) - 1, 0))
             ids = np.where(mask, flat[gather], pad)
             batches.append((ids, mask.astype(np.int64)))
-        return Prepared(len(texts), valid[order], batches, truncated)
+        return Prepared(len(texts), valid[order], batches, cut)
 
     def _plan(self, sorted_lengths: np.ndarray) -> list[slice]:
         """Cut ascending lengths into batches of <= batch_size rows and <= max_tokens padded tokens."""

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from emolabel.config import available_cpus
 from emolabel.errors import InputError, OutputError
@@ -34,58 +34,101 @@ _DONE = object()
 
 @dataclass
 class Summary:
+    """What a tag run did, whichever engine ran it (one printer renders it: cli._print_summary)."""
+
     rows: int = 0
     empty: int = 0  # rows with no text: null label and probabilities
-    truncated: int = 0  # texts longer than --max-length, cut
+    truncated: int = 0  # texts longer than max_length, cut
     uncertain: int = 0  # rows whose top probability is under min_score: no label
-    seconds: float = 0.0
+    seconds: float = 0.0  # from the call to the end, start-up (model load, Ray) included
+    startup: float = 0.0  # of `seconds`, the part before labelling began (reading the model, ...)
     label_counts: Counter = field(default_factory=Counter)
-    skipped_lines: list[int] = field(default_factory=list)  # --on-error skip
+    skipped_lines: list = field(default_factory=list)  # on_error skip: line numbers (file:line for several files)
     resumed: int = 0  # rows committed by an interrupted run and not labelled again
+    output: str = ""  # where the rows went ("-": stdout)
+    files: list[str] = field(default_factory=list)  # an engine that writes a folder: its part files
+    engine: str = "local"
 
     @property
     def rows_per_s(self) -> float:
-        return (self.rows - self.resumed) / self.seconds if self.seconds > 0 else 0.0
+        """The labelling rate: rows labelled in this run per second after start-up."""
+        busy = self.seconds - self.startup
+        return (self.rows - self.resumed) / busy if busy > 0 else 0.0
+
+    def add(self, labelled: pa.RecordBatch | pa.Table, prefix: str, truncated: int = 0) -> None:
+        """Count a labelled batch from its label columns (what was written is what is counted)."""
+        label, score = labelled.column(prefix), labelled.column(f"{prefix}_score")
+        self.rows += labelled.num_rows
+        self.empty += score.null_count
+        self.uncertain += label.null_count - score.null_count
+        self.truncated += truncated
+        for item in pc.value_counts(label).to_pylist():
+            if item["values"] is not None:
+                self.label_counts[item["values"]] += item["counts"]
+
+    def merge(self, other: Summary) -> None:
+        for name in ("rows", "empty", "truncated", "uncertain"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.label_counts.update(other.label_counts)
+
+    def stats(self) -> dict[str, Any]:
+        """The counts a checkpoint keeps beside committed rows (and resume_from reads back)."""
+        return {"rows": self.rows, "empty": self.empty, "truncated": self.truncated, "uncertain": self.uncertain,
+                "labels": dict(self.label_counts)}
+
+    @classmethod
+    def from_stats(cls, stats: dict[str, Any]) -> Summary:
+        return cls(rows=int(stats.get("rows", 0)), empty=int(stats.get("empty", 0)),
+                   truncated=int(stats.get("truncated", 0)), uncertain=int(stats.get("uncertain", 0)),
+                   label_counts=Counter({k: int(v) for k, v in stats.get("labels", {}).items() if v}))
 
 
-def check_text_column(reader: Reader, text_column: str) -> None:
-    """The text column exists (else the nearest names are offered) and holds text."""
+def check_text_column(schema: pa.Schema, name: str, text_column: str) -> None:
+    """The text column exists in `schema` of input `name` (else the nearest names are offered) and
+    holds text."""
     import difflib
 
-    names = reader.schema.names
+    names = schema.names
     if text_column not in names:
         near = [n for n in names if n.lower() == text_column.lower()]
         near += [n for n in difflib.get_close_matches(text_column, names, n=3, cutoff=0.6) if n not in near]
         hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
         raise InputError(
-            f"Column {text_column!r} not found in {reader.name}.{hint} Available columns: "
+            f"Column {text_column!r} not found in {name}.{hint} Available columns: "
             f"{', '.join(names)}. Use `text_column` to choose."
         )
-    typ = reader.schema.field(text_column).type
+    typ = schema.field(text_column).type
     if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_null(typ)):
         import warnings
 
         from emolabel.errors import EmolabelWarning
 
-        text_like = [f.name for f in reader.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        text_like = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
         warnings.warn(EmolabelWarning(
-            f"column {text_column!r} of {reader.name} holds {typ} values, not text: they are labelled as their "
+            f"column {text_column!r} of {name} holds {typ} values, not text: they are labelled as their "
             f"text (\"42\"). Text columns: {', '.join(text_like) or 'none'}; use `text_column` to choose."),
             stacklevel=2)
 
 
-def check_columns(reader: Reader, text_column: str, labels: list[str], prefix: str,
-                  status: bool = False) -> pa.Schema:
-    """Fail before any work if the text column is missing or a new column would clash."""
-    check_text_column(reader, text_column)
-    names = reader.schema.names
-    clash = [c for c in column_names(labels, prefix, status) if c in names]
+def check_columns(schema: pa.Schema, name: str, text_column: str, labels: list[str], prefix: str,
+                  status: bool = False, added: tuple[str, ...] = ()) -> pa.Schema:
+    """Fail before any work if the text column is missing or a new column would clash; returns
+    the output schema. `added`: columns an engine adds besides the labels (Ray's row id)."""
+    check_text_column(schema, name, text_column)
+    clash = [c for c in [*column_names(labels, prefix, status), *added] if c in schema.names]
     if clash:
         raise InputError(
-            f"{reader.name} already has column(s) {', '.join(clash)}, which tag would add. "
+            f"{name} already has column(s) {', '.join(clash)}, which tag would add. "
             "Use `prefix` to name the new columns differently (e.g. `prefix` predicted)."
         )
-    return output_schema(reader.schema, labels, prefix, status)
+    return output_schema(schema, labels, prefix, status)
+
+
+def label_chunk(labeler: Labeler, batch: pa.RecordBatch, prepared: Prepared, schema: pa.Schema,
+                min_score: float | None = None) -> pa.RecordBatch:
+    """The model on a prepared chunk: `batch` with its label columns (`schema`: check_columns').
+    The one labelling step of every engine."""
+    return append_columns(batch, labeler.run(prepared), labeler.labels, schema, min_score)
 
 
 def tag(
@@ -105,19 +148,13 @@ def tag(
     `resume_from`: the counts of rows an interrupted run already committed (a CheckpointWriter's
     stats); that many input rows are skipped, a whole chunk at a time.
     """
-    schema = check_columns(reader, text_column, labeler.labels, prefix, status=min_score is not None)
+    schema = check_columns(reader.schema, reader.name, text_column, labeler.labels, prefix,
+                           status=min_score is not None)
     if workers is None:  # on a GPU the CPU side is the bottleneck; on the CPU the model is
         workers = max(1, min(4, available_cpus() // 4)) if labeler.device.type == "cuda" else 1
-    summary = Summary()
+    summary = Summary.from_stats(resume_from) if resume_from else Summary()
+    summary.resumed = skip = summary.rows
     start = time.perf_counter()
-    counts = np.zeros(len(labeler.labels), dtype=np.int64)
-    skip = 0
-    if resume_from:
-        skip = summary.resumed = int(resume_from.get("rows", 0))
-        summary.rows, summary.empty = skip, int(resume_from.get("empty", 0))
-        summary.truncated = int(resume_from.get("truncated", 0))
-        summary.uncertain = int(resume_from.get("uncertain", 0))
-        counts += np.array([resume_from.get("labels", {}).get(n, 0) for n in labeler.labels], dtype=np.int64)
 
     def limited() -> Iterator[pa.RecordBatch]:
         seen = 0
@@ -156,23 +193,12 @@ def tag(
 
     with _BackgroundWriter(writer) as out:
         for batch, prep in _background(prepared(), depth=2):
-            probs = labeler.run(prep)
-            summary.rows += batch.num_rows
-            summary.empty += prep.empty
-            summary.truncated += prep.truncated
-            valid = probs[~np.isnan(probs[:, 0])]
-            if min_score is not None:  # uncertain rows get no label and are counted apart
-                sure = valid.max(axis=1) >= min_score
-                summary.uncertain += int((~sure).sum())
-                valid = valid[sure]
-            counts += np.bincount(valid.argmax(axis=1), minlength=len(counts))
-            stats = {"rows": summary.rows, "empty": summary.empty, "truncated": summary.truncated,
-                     "uncertain": summary.uncertain, "labels": {n: int(c) for n, c in zip(labeler.labels, counts)}}
-            out.submit(append_columns(batch, probs, labeler.labels, schema, min_score), stats)
+            labelled = label_chunk(labeler, batch, prep, schema, min_score)
+            summary.add(labelled, prefix, prep.truncated)
+            out.submit(labelled, summary.stats())
             if progress is not None:
                 progress(batch.num_rows)
     summary.seconds = time.perf_counter() - start
-    summary.label_counts = Counter({name: int(c) for name, c in zip(labeler.labels, counts) if c})
     summary.skipped_lines = list(reader.skipped)
     return summary
 
@@ -311,25 +337,41 @@ class TagOptions:
         defaults; tag_file takes them from it for the fingerprint)."""
         return dataclasses.replace(self, chunk_rows=self.chunk_rows or (65536 if device_type == "cuda" else 8192))
 
+    def check(self) -> None:
+        """Values no run can use (the Labeler checks the model's own: batch sizes, lengths)."""
+        from emolabel.errors import OptionError
+
+        if self.limit is not None and self.limit < 1:
+            raise OptionError(f"`limit` must be at least 1, not {self.limit}.")
+        if not self.prefix or not self.prefix.strip():
+            raise OptionError("`prefix` cannot be empty: the new columns would be named '', '_score', ...")
+        if self.min_score is not None and not 0 <= self.min_score <= 1:
+            raise OptionError(f"`min_score` must be between 0 and 1, not {self.min_score}.")
+
     def output_options(self) -> dict[str, Any]:
         """The fields that change the output: what --resume must find unchanged."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.NOT_OUTPUT}
 
 
-def tag_file(input: str, output: str, options: TagOptions | None = None, progress: Any = None) -> Summary:
-    """Label every row of `input` (a path, or '-' for stdin) into `output` (a path, or '-').
+def tag_file(input: str | list[str], output: str, options: TagOptions | None = None, progress: Any = None) -> Summary:
+    """Label every row of `input` (a path, '-' for stdin, or several paths or globs read one after
+    another, with a `{prefix}_source` column naming each row's file) into `output` (a path, or '-').
 
     A file-to-file run commits its progress chunk by chunk beside the output, so an interrupted
     run continues with resume=True; nothing appears at `output` until every row is written.
-    `progress`, if given, has start(total_rows or None, rows_already_done) and advance(rows).
+    `progress`, if given, has start(total_rows or None, rows_already_done, total_bytes or None)
+    and advance(rows, bytes_read or None): bytes for CSV and JSON Lines files, whose row count is
+    not known up front.
     """
     from emolabel import checkpoint, tables
     from emolabel.config import ModelConfig, default_model_dir
     from emolabel.errors import OptionError
     from emolabel.inference import resolve_device
 
+    started = time.perf_counter()
     opts = options or TagOptions()
-    in_fmt = tables.Format(opts.input_format) if opts.input_format else None
+    inputs = tables.expand_inputs(input)
+    in_fmt = tables.format_of(inputs, opts.input_format)
     out_fmt = tables.Format(opts.output_format) if opts.output_format else None
     if output != tables.STDIO and out_fmt is None:
         out_fmt = tables.format_from_suffix(output)
@@ -338,33 +380,31 @@ def tag_file(input: str, output: str, options: TagOptions | None = None, progres
                               "name, or `output_format`.")
     # Progress can be committed and resumed only between regular files: a pipe or FIFO given as a
     # path cannot be read twice (fingerprinting it would steal rows from the reader).
-    checkpointed = output != tables.STDIO and input != tables.STDIO and tables.is_regular_file(input)
+    checkpointed = output != tables.STDIO and all(p != tables.STDIO and tables.is_regular_file(p) for p in inputs)
     if opts.resume and not checkpointed:
         raise OptionError("`resume` needs an input file and an output file (not stdin/stdout, a pipe or a FIFO).")
-    tables.check_output(output, input, opts.overwrite)
+    for path in inputs:
+        tables.check_output(output, path, opts.overwrite)
     if output == tables.STDIO and sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
         raise OptionError("Refusing to write Parquet to a terminal; write to a file.")
 
     dev = resolve_device(opts.device)
     opts = opts.resolve(dev.type)
-    reader = tables.open_input(input, in_fmt, chunk_rows=opts.chunk_rows, encoding=opts.encoding,  # type: ignore[arg-type]
-                               on_error=opts.on_error)
+    source = f"{opts.prefix}_source" if len(inputs) > 1 else None
+    reader = tables.open_inputs(inputs, in_fmt, source_column=source, chunk_rows=opts.chunk_rows,
+                                encoding=opts.encoding, on_error=opts.on_error)
     writer: Any = None
     try:
         if out_fmt is None:  # stdout: the input's format unless told
             out_fmt = reader.format
             if sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
                 raise OptionError("Refusing to write Parquet to a terminal; give another `output_format`.")
-        check_text_column(reader, opts.text_column)  # before the model loads: fail fast
+        check_text_column(reader.schema, reader.name, opts.text_column)  # before the model loads: fail fast
         folder = Path(opts.model) if opts.model else default_model_dir()
         labels = ModelConfig.load(folder).labels
-        if opts.limit is not None and opts.limit < 1:
-            raise OptionError(f"`limit` must be at least 1, not {opts.limit}.")
-        if not opts.prefix or not opts.prefix.strip():
-            raise OptionError("`prefix` cannot be empty: the new columns would be named '', '_score', ...")
-        if opts.min_score is not None and not 0 <= opts.min_score <= 1:
-            raise OptionError(f"`min_score` must be between 0 and 1, not {opts.min_score}.")
-        schema = check_columns(reader, opts.text_column, labels, opts.prefix, status=opts.min_score is not None)
+        opts.check()
+        schema = check_columns(reader.schema, reader.name, opts.text_column, labels, opts.prefix,
+                               status=opts.min_score is not None)
         labeler = Labeler(folder, device=opts.device, precision=opts.precision, batch_size=opts.batch_size,
                           max_tokens=opts.max_tokens, max_length=opts.max_length, threads=opts.threads)
         done = None
@@ -374,18 +414,28 @@ def tag_file(input: str, output: str, options: TagOptions | None = None, progres
                                            max_tokens=labeler.max_tokens, input_format=reader.format.value,
                                            output_format=out_fmt.value)
             writer = checkpoint.CheckpointWriter(output, out_fmt, schema,
-                                                 checkpoint.fingerprint(input, folder, resolved.output_options()),
+                                                 checkpoint.fingerprint(inputs[0] if len(inputs) == 1 else inputs, folder,
+                                                                       resolved.output_options()),
                                                  opts.resume)
             done = writer.stats if writer.rows_done else None
         else:
             writer = tables.Writer(output, out_fmt, schema)
+        advance = None
         if progress is not None:
             total = reader.total_rows if opts.limit is None else min(reader.total_rows or opts.limit, opts.limit)
-            progress.start(total, done["rows"] if done else 0)
-        summary = tag(reader, writer, labeler, opts.text_column, opts.prefix,
-                      progress.advance if progress is not None else None, resume_from=done, min_score=opts.min_score, limit=opts.limit)
+            by_bytes = reader.bytes_read if total is None else None
+            progress.start(total, done["rows"] if done else 0, reader.total_bytes if by_bytes else None)
+
+            def advance(rows: int) -> None:
+                progress.advance(rows, _safe(by_bytes) if by_bytes else None)
+
+        startup = time.perf_counter() - started
+        summary = tag(reader, writer, labeler, opts.text_column, opts.prefix, advance, resume_from=done,
+                      min_score=opts.min_score, limit=opts.limit)
         writer.commit()
         writer = None
+        summary.output, summary.startup = output, startup
+        summary.seconds = time.perf_counter() - started
         return summary
     except (BrokenPipeError, InputError):
         if writer is not None:  # a bad row: fixing the input changes it, so its progress is no use
@@ -397,3 +447,11 @@ def tag_file(input: str, output: str, options: TagOptions | None = None, progres
         raise
     finally:
         reader.close()
+
+
+def _safe(position: Callable[[], int]) -> int | None:
+    """A reader's byte position read from another thread: None if the file just closed."""
+    try:
+        return position()
+    except (OSError, ValueError):
+        return None

@@ -8,6 +8,7 @@ only on success: a failed or interrupted run never leaves a partial file at the 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import gzip
 import io
@@ -16,7 +17,8 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -86,8 +88,10 @@ class Reader:
     schema: pa.Schema
     total_rows: int | None  # known up front for Parquet only
     batches: Iterator[pa.RecordBatch]
-    skipped: list[int] = field(default_factory=list)  # line numbers dropped by --on-error skip
+    skipped: list[Any] = field(default_factory=list)  # lines dropped by --on-error skip (file:line for several files)
     _closers: list[Any] = field(default_factory=list)
+    total_bytes: int | None = None  # a CSV / JSON Lines file's size, for progress by bytes
+    bytes_read: Callable[[], int] | None = None  # how far into those bytes the reader is
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         return self.batches
@@ -117,7 +121,7 @@ def open_input(
         if p.is_dir():
             raise InputError(f"{path} is a folder; give a file (CSV, Parquet or JSON Lines).")
         try:
-            raw = open(p, "rb")  # noqa: SIM115 - closed by the Reader
+            raw = disk = open(p, "rb")  # noqa: SIM115 - closed by the Reader
         except FileNotFoundError:
             raise InputError(f"Input file {path} does not exist.") from None
         except PermissionError:
@@ -138,32 +142,199 @@ def open_input(
                     f"use `input_format` ({', '.join(FORMAT_NAMES)})."
                 )
             fmt = sniff_format(head)
+    closers: list[Any] = []
     try:
+        source: Any = stream
         if fmt is Format.PARQUET:
-            reader = _open_parquet(path, stream, chunk_rows)
-        elif fmt is Format.CSV:
-            reader = _open_csv(name, stream, chunk_rows, encoding, on_error)
-        else:
-            reader = _open_jsonl(name, stream, chunk_rows, encoding, on_error)
+            source = path
+            if path == STDIO:
+                # Parquet keeps its index at the end of the file: spool stdin to disk (not memory).
+                spool = tempfile.NamedTemporaryFile(prefix="emolabel-stdin-", suffix=".parquet")  # noqa: SIM115
+                shutil.copyfileobj(stream, spool, 1 << 20)
+                spool.flush()
+                source = spool.name
+                closers.append(spool.close)
+        reader = open_stream(name, source, fmt, chunk_rows=chunk_rows, encoding=encoding, on_error=on_error)
     except BaseException:
-        raw.close()
+        for close in (*closers, raw.close):
+            close()
         raise
-    reader._closers.append(raw.close)
+    reader._closers += [*closers, raw.close]
+    if path != STDIO and fmt is not Format.PARQUET:  # progress by bytes: where the reader is in the file
+        reader.total_bytes = os.fstat(disk.fileno()).st_size if is_regular_file(path) else None
+        reader.bytes_read = disk.tell if reader.total_bytes is not None else None  # of a .gz: its compressed bytes
     return reader
 
 
-def _open_parquet(path: str, stream: IO[bytes], chunk_rows: int) -> Reader:
-    closers = []
-    name = display_name(path)
-    if path == STDIO:
-        # Parquet keeps its index at the end of the file: spool stdin to disk (not memory).
-        spool = tempfile.NamedTemporaryFile(prefix="emolabel-stdin-", suffix=".parquet")  # noqa: SIM115
-        shutil.copyfileobj(stream, spool, 1 << 20)
-        spool.flush()
-        source: Any = spool.name
-        closers.append(spool.close)
-    else:
-        source = path
+def open_stream(name: str, source: Any, fmt: Format, *, chunk_rows: int = 16384, encoding: str = "utf-8",
+                on_error: str = "fail") -> Reader:
+    """The readers behind open_input, for a stream opened elsewhere (an engine's worker reading
+    from an object store): CSV and JSON Lines from a binary stream, Parquet from a path or a
+    seekable file. `name` is what messages call it; every reader option is honoured."""
+    if on_error not in ("fail", "skip"):
+        raise InputError(f"Unknown `on_error` {on_error!r}: use fail or skip.")
+    if fmt is Format.PARQUET:
+        return _open_parquet(name, source, chunk_rows)
+    if fmt is Format.CSV:
+        return _open_csv(name, source, chunk_rows, encoding, on_error)
+    return _open_jsonl(name, source, chunk_rows, encoding, on_error)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several inputs: globs, one format, one stream
+
+
+GLOB_CHARS = "*?["
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def expand_inputs(inputs: list[str] | str, folders: bool = False, absolute: bool = False) -> list[str]:
+    """Expand globs (local or `scheme://` URIs) in file order; plain paths and URIs pass through.
+
+    Names starting with _ or . (markers, hidden files) are left out of glob matches. `folders`: a
+    folder may be given (an engine that reads folders whole); otherwise it is an error naming it.
+    `absolute`: local paths made absolute (an engine's workers may have another working directory).
+    """
+    import glob as globlib
+
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not inputs:
+        raise InputError("No input given: pass one or more files or globs.")
+    out: list[str] = []
+    for p in inputs:
+        if p == STDIO:
+            if len(inputs) > 1:
+                raise InputError("stdin (-) cannot be one of several inputs; give files only.")
+            return [p]
+        if not any(c in p for c in GLOB_CHARS):
+            if not is_uri(p) and not os.path.exists(p):
+                raise InputError(f"Input file {p} does not exist.")
+            if not is_uri(p) and not folders and os.path.isdir(p):
+                raise InputError(f"{p} is a folder; give files, or a glob such as '{p.rstrip('/')}/*.csv'.")
+            out.append(os.path.abspath(p) if absolute and not is_uri(p) else p)
+            continue
+        found = [os.path.abspath(m) if absolute else m for m in globlib.glob(p, recursive=True)]
+        matches = _glob_uri(p) if is_uri(p) else sorted(found)
+        matches = [m for m in matches if not os.path.basename(m.rstrip("/")).startswith(("_", "."))]
+        if not folders:
+            matches = [m for m in matches if not os.path.isdir(m)]
+        if not matches:
+            raise InputError(f"No files match {p}.")
+        out.extend(matches)
+    return list(dict.fromkeys(out))
+
+
+def _glob_uri(pattern: str) -> list[str]:
+    """Expand a glob in an object-store URI by listing below its first glob-free folder.
+
+    `*`, `?` and `[...]` match within one path segment, as a local glob; `**` is not supported.
+    """
+    from pathlib import PurePosixPath
+
+    import pyarrow.fs as pafs
+
+    scheme, rest = pattern.split("://", 1)
+    parts = rest.split("/")
+    fixed = next(i for i, part in enumerate(parts) if any(c in part for c in GLOB_CHARS))
+    base = "/".join(parts[:fixed])
+    try:
+        fs, base_path = pafs.FileSystem.from_uri(f"{scheme}://{base}")
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise InputError(f"Cannot list {scheme}://{base}: {e}") from None
+    # `rest` and the listed paths are both relative to the filesystem root once the scheme is off
+    # (s3://bucket/key lists as bucket/key); keep the pattern in that form.
+    pat = (base_path.rstrip("/") + "/" + "/".join(parts[fixed:])) if base_path else "/".join(parts[fixed:])
+    infos = fs.get_file_info(pafs.FileSelector(base_path, recursive=True, allow_not_found=True))
+    want = PurePosixPath(pat)
+
+    def matches(path: str) -> bool:
+        p = PurePosixPath(path)
+        return len(p.parts) == len(want.parts) and p.match(pat)
+
+    return sorted(f"{scheme}://{i.path}" for i in infos if i.type == pafs.FileType.File and matches(i.path))
+
+
+def format_of(paths: list[str], input_format: str | None = None) -> Format | None:
+    """The one format of `paths`: `input_format` if given, else from their names (None for stdin)."""
+    if input_format is not None:
+        if input_format not in FORMAT_NAMES:
+            raise InputError(f"Unknown input format {input_format!r}: use {', '.join(FORMAT_NAMES)}.")
+        return Format(input_format)
+    if paths == [STDIO]:
+        return None
+    formats: dict[Format, str] = {}
+    for p in paths:
+        fmt = format_from_suffix(p.rstrip("/"))
+        if fmt is None:
+            raise InputError(f"Cannot tell the format of {p} from its name; use `input_format` "
+                             f"({', '.join(FORMAT_NAMES)}).")
+        formats.setdefault(fmt, p)
+    if len(formats) > 1:
+        raise InputError(f"Inputs mix formats ({', '.join(f'{f.value}: {p}' for f, p in formats.items())}); "
+                         "label one format per run.")
+    return next(iter(formats))
+
+
+def open_inputs(paths: list[str], fmt: Format | None = None, *, source_column: str | None = None,
+                **read: Any) -> Reader:
+    """Several files as one stream, in the order given: the first file's columns, then (with
+    `source_column`) the path each row came from. Every file must have the same columns and types
+    (an error names the file that differs); each is opened only when the one before is done."""
+    if len(paths) == 1 and source_column is None:
+        return open_input(paths[0], fmt, **read)
+    first = open_input(paths[0], fmt, **read)
+    schema = first.schema
+    if source_column is not None:
+        if source_column in schema.names:
+            first.close()
+            raise InputError(f"{first.name} already has a column {source_column!r}, which would name each "
+                             "row's file; use `prefix` to name the new columns differently.")
+        schema = schema.append(pa.field(source_column, pa.string()))
+    sizes = [os.path.getsize(p) if is_regular_file(p) else None for p in paths]
+    total_bytes = sum(sizes) if first.total_bytes is not None and None not in sizes else None  # type: ignore[arg-type]
+    state: dict[str, Any] = {"done_bytes": 0, "reader": first}
+    skipped: list[Any] = []
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for i, path in enumerate(paths):
+            reader = first if i == 0 else open_input(path, fmt or first.format, **read)
+            state["reader"] = reader
+            try:
+                if reader.schema != first.schema:
+                    raise InputError(
+                        f"{reader.name} has columns {_columns(reader.schema)}, but {first.name} (the first input) "
+                        f"has {_columns(first.schema)}; files labelled together need the same columns.")
+                for batch in reader:
+                    if source_column is not None:
+                        col = pa.repeat(pa.scalar(path, pa.string()), batch.num_rows)
+                        batch = pa.RecordBatch.from_arrays([*batch.columns, col], schema=schema)
+                    yield batch
+            finally:
+                skipped.extend(f"{reader.name}:{n}" for n in reader.skipped)
+                reader.close()
+            state["done_bytes"] += sizes[i] or 0
+
+    def bytes_read() -> int:
+        reader = state["reader"]
+        return state["done_bytes"] + (reader.bytes_read() if reader.bytes_read else 0)
+
+    out = Reader(", ".join(display_name(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else ""), first.format,
+                 schema, None, batches(), skipped, total_bytes=total_bytes,
+                 bytes_read=bytes_read if total_bytes is not None else None)
+    out._closers.append(lambda: state["reader"].close())
+    return out
+
+
+def _columns(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name} ({f.type})" for f in schema)
+
+
+def _open_parquet(name: str, source: Any, chunk_rows: int) -> Reader:
+    closers: list[Any] = []
     try:
         # pre_buffer (pyarrow's default) keeps every row group read: memory would grow with the file
         pf = pq.ParquetFile(source, pre_buffer=False)
@@ -559,6 +730,36 @@ def check_output(target: str, source: str, overwrite: bool) -> None:
         raise OutputError(f"Cannot write {target}: folder {p.parent} is not writable.")
 
 
+class TableWriter:
+    """One format's incremental writer on an open binary file: write(batch)... then close().
+    The one place a format is written (the local Writer and Ray's part files both use it)."""
+
+    def __init__(self, file: Any, fmt: Format, schema: pa.Schema):
+        self.file, self.format = file, fmt
+        self._writer: Any = None
+        if fmt is Format.PARQUET:
+            self._writer = pq.ParquetWriter(file, schema, compression="zstd")
+        elif fmt is Format.CSV:
+            self._writer = pa_csv.CSVWriter(file, schema)
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if self.format is Format.JSONL:  # polars: integers with nulls stay integers (pandas makes floats)
+            import polars as pl
+
+            buf = io.BytesIO()
+            pl.from_arrow(batch).write_ndjson(buf)  # type: ignore[union-attr]
+            self.file.write(buf.getvalue())
+        elif isinstance(batch, pa.Table):
+            self._writer.write_table(batch)
+        else:
+            self._writer.write(batch)
+
+    def close(self) -> None:
+        """Finish the format (Parquet's footer); the file itself stays open."""
+        if self._writer is not None:
+            self._writer.close()
+
+
 class Writer:
     """Writes batches incrementally to a temporary file and renames it into place on commit()."""
 
@@ -580,23 +781,12 @@ class Writer:
                 raise OutputError(f"Cannot write {target}: {e.strerror or e}.") from None
             self.tmp = Path(tmp)
             self._file = os.fdopen(fd, "wb")
-        self._writer: Any = None
-        if fmt is Format.PARQUET:
-            self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
-        elif fmt is Format.CSV:
-            self._writer = pa_csv.CSVWriter(self._file, schema)
+        self._writer = TableWriter(self._file, fmt, schema)
 
     def write(self, batch: pa.RecordBatch, stats: dict | None = None) -> None:
         """Append a batch (`stats` is for CheckpointWriter's interface and unused here)."""
         try:
-            if self.format is Format.JSONL:
-                import polars as pl
-
-                buf = io.BytesIO()
-                pl.from_arrow(batch).write_ndjson(buf)  # type: ignore[union-attr]
-                self._file.write(buf.getvalue())
-            else:
-                self._writer.write(batch)
+            self._writer.write(batch)
         except OSError as e:
             raise self._os_error(e) from None
         except pa.ArrowException as e:
@@ -607,8 +797,7 @@ class Writer:
     def commit(self) -> None:
         """Finish the file and move it to the target path."""
         try:
-            if self._writer is not None:
-                self._writer.close()
+            self._writer.close()
             self._file.flush()
             if self.tmp is not None:
                 os.fsync(self._file.fileno())
@@ -648,3 +837,73 @@ class Writer:
         if e.errno == errno.ENOSPC:
             return OutputError(f"Disk full while writing {self.target}; nothing was written there.")
         return OutputError(f"Cannot write {self.target}: {e.strerror or e}. Nothing was written there.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Folder outputs (an engine's part files)
+
+
+def check_output_folder(output_dir: str, overwrite: bool, inputs: list[str]) -> None:
+    """check_output for an output folder of part files (an engine's): replaced whole, so it must hold
+    no input. Object-store URIs are checked further by prepare_uri_folder."""
+    out = output_dir.rstrip("/") if is_uri(output_dir) else str(Path(output_dir).resolve())
+    for path in inputs:
+        if is_uri(path) != is_uri(output_dir):
+            continue
+        src = path.rstrip("/") if is_uri(path) else str(Path(path).resolve())
+        if src == out or src.startswith(out + "/"):
+            raise OutputError(f"{output_dir} holds the input {path}; replacing it would delete the input. "
+                              "Write to another folder.")
+    if is_uri(output_dir):
+        return  # the rest is checked with the object store's filesystem in _prepare_uri_output
+    p = Path(output_dir)
+    if not p.parent.exists():
+        raise OutputError(f"Cannot write {output_dir}: folder {p.parent} does not exist. Create it first.")
+    if p.exists() and not overwrite:
+        raise OutputError(f"{output_dir} already exists. Pass `overwrite` to replace it.")
+    if not os.access(p.parent, os.W_OK):
+        raise OutputError(f"Cannot write {output_dir}: folder {p.parent} is not writable.")
+
+
+def prepare_uri_folder(output_dir: str, overwrite: bool, marker: str) -> tuple[Any, str]:
+    """An object-store output folder made ready: (filesystem, path); an old one (with `overwrite`)
+    loses its `marker` first, then its parts, as object stores cannot rename a folder."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(output_dir)
+        info = fs.get_file_info(path)
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise OutputError(f"Cannot write {output_dir}: {e}") from None
+    if info.type != pafs.FileType.NotFound:
+        is_dir = info.type == pafs.FileType.Directory
+        listing = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)) if is_dir else [info]
+        if listing and not overwrite:
+            raise OutputError(f"{output_dir} already exists. Pass `overwrite` to replace it.")
+        if listing:  # no rename on object stores: drop the marker first, then the old parts
+            with contextlib.suppress(OSError, pa.ArrowException):
+                fs.delete_file(f"{path.rstrip('/')}/{marker}")
+            if is_dir:
+                fs.delete_dir_contents(path, missing_dir_ok=True)
+            else:
+                fs.delete_file(path)
+    return fs, path
+
+
+def move_folder_into_place(tmp: str, output_dir: str) -> None:
+    """Rename the finished temporary folder to `output_dir`, replacing an old one only now."""
+    old = None
+    if os.path.lexists(output_dir):
+        old = f"{output_dir.rstrip('/')}.emolabel-old-{uuid.uuid4().hex[:12]}"
+        os.rename(output_dir, old)
+    try:
+        os.rename(tmp, output_dir)
+    except OSError as e:
+        if old is not None:
+            os.rename(old, output_dir)
+        raise OutputError(f"Cannot move the finished output to {output_dir}: {e.strerror or e}.") from None
+    if old is not None:
+        if os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.unlink(old)

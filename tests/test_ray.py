@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationW
 from emolabel.errors import EmolabelError, InputError, OutputError  # noqa: E402
 from emolabel.ray_engine import CRASH_ENV, RAY_MISSING, SUCCESS, tag_with_ray  # noqa: E402
 
-JOB_TIMEOUT = 90  # seconds per job; a healthy one takes about 5 here
+JOB_TIMEOUT = PATIENCE  # a hang safety net, not a speed check: a healthy job takes about 5 s here
 WORDS = ["i feel so happy today", "i am scared and nervous", "love you", "this is bad", "amazed", "i hate it"]
 
 
@@ -44,7 +44,7 @@ def local_ray():
         ray.shutdown()
 
 
-def run_job(*args, **kwargs) -> dict:
+def run_job(*args, **kwargs):
     """tag_with_ray with a deadline; its exception, if any, re-raised here."""
     result: dict = {}
 
@@ -87,13 +87,13 @@ def test_same_labels_and_probabilities_as_local_engine(tiny_model, tmp_path):
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"id": pa.array([f"r{i}" for i in range(n)]), "text": col}), src)
     out = tmp_path / "out"
-    summary = run_job([str(src)], str(out), model_dir=str(tiny_model), id_column="id", workers=2,
-                      batch_size=64, device="cpu", precision="fp32")
+    summary = run_job([str(src)], str(out), model=str(tiny_model), id_column="id", workers=2,
+                      chunk_rows=64, device="cpu", precision="fp32")
     expected = Labeler(tiny_model, device="cpu", precision="fp32").predict_proba(col)
     labels = Labeler(tiny_model, device="cpu").labels
     got = pq.read_table(out).to_pylist()
-    assert summary["rows"] == n == len(got)
-    assert summary["empty"] == sum(1 for t in col if t is None or not t.strip())
+    assert summary.rows == n == len(got)
+    assert summary.empty == sum(1 for t in col if t is None or not t.strip())
     assert "emotion_row_id" not in got[0]  # id_column given: no extra id
     for row in got:
         i = int(row["id"][1:])
@@ -111,15 +111,15 @@ def test_one_parquet_file_every_row_once_across_actors(tiny_model, tmp_path):
     src = tmp_path / "one.parquet"
     pq.write_table(pa.table({"text": texts(n, 1), "n": pa.array(range(n), pa.int64())}), src)
     out = tmp_path / "out"
-    summary = run_job([str(src)], str(out), model_dir=str(tiny_model), workers=2, batch_size=64, device="cpu")
+    summary = run_job([str(src)], str(out), model=str(tiny_model), workers=2, chunk_rows=64, device="cpu")
     table = pq.read_table(out)
     ids = table.column("emotion_row_id").to_pylist()
-    assert len(ids) == len(set(ids)) == n == summary["rows"]
+    assert len(ids) == len(set(ids)) == n == summary.rows
     assert set(ids) == {f"{src}#{i}" for i in range(n)}
     # the id names the row it came from
     for rid, i in zip(ids, table.column("n").to_pylist()):
         assert rid.endswith(f"#{i}")
-    assert len(summary["files"]) > 1  # split into several blocks: both actors had work to share
+    assert len(summary.files) > 1  # split into several blocks: both actors had work to share
 
 
 def test_many_csv_files_by_glob_every_row_once(tiny_model, tmp_path):
@@ -128,15 +128,15 @@ def test_many_csv_files_by_glob_every_row_once(tiny_model, tmp_path):
         t = pa.table({"zip": [f"{k:02d}{i:05d}" for i in range(size)], "text": texts(size, k)})
         pa_csv.write_csv(t, tmp_path / f"part{k}.csv")
     out = tmp_path / "out"
-    summary = run_job([str(tmp_path / "part*.csv")], str(out), model_dir=str(tiny_model), workers=2,
-                      batch_size=50, output_format="csv", device="cpu")
+    summary = run_job([str(tmp_path / "part*.csv")], str(out), model=str(tiny_model), workers=2,
+                      chunk_rows=50, output_format="csv", device="cpu")
     parts = sorted(out.glob("*.csv"))
-    assert parts and [str(p) for p in parts] == sorted(summary["files"])
+    assert parts and [str(p) for p in parts] == sorted(summary.files)
     opts = pa_csv.ConvertOptions(column_types={"zip": pa.string(), "emotion_row_id": pa.string()})
     table = pa.concat_tables([pa_csv.read_csv(p, convert_options=opts) for p in parts])
     ids = table.column("emotion_row_id").to_pylist()
     want = {f"{tmp_path / f'part{k}.csv'}#{i}" for k, size in enumerate(sizes) for i in range(size)}
-    assert len(ids) == len(set(ids)) == sum(sizes) == summary["rows"]
+    assert len(ids) == len(set(ids)) == sum(sizes) == summary.rows
     assert set(ids) == want
     for rid, z in zip(ids, table.column("zip").to_pylist()):  # values round-trip as text ("00012")
         k = int(rid.rsplit("part", 1)[1].split(".csv")[0])
@@ -150,14 +150,14 @@ def test_worker_crash_is_survived_and_rows_written_once(tiny_model, tmp_path, mo
     marker = tmp_path / "crashed"
     monkeypatch.setenv(CRASH_ENV, str(marker))
     out = tmp_path / "out"
-    summary = run_job([str(src)], str(out), model_dir=str(tiny_model), workers=2, batch_size=50,
+    summary = run_job([str(src)], str(out), model=str(tiny_model), workers=2, chunk_rows=50,
                       output_format="jsonl", device="cpu")
     assert marker.exists()  # an actor did die (os._exit) mid-job
     import json
 
     rows = [json.loads(line) for p in sorted(out.glob("*.jsonl")) for line in p.read_text().splitlines()]
     ids = [r["emotion_row_id"] for r in rows]
-    assert len(ids) == len(set(ids)) == n == summary["rows"]
+    assert len(ids) == len(set(ids)) == n == summary.rows
     assert set(ids) == {f"{src}#{i}" for i in range(n)}
 
 
@@ -166,27 +166,27 @@ def test_uri_inputs_and_output_object_store_path(tiny_model, tmp_path):
     for k in range(2):
         pq.write_table(pa.table({"text": texts(30, k)}), tmp_path / f"in{k}.parquet")
     out = f"file://{tmp_path}/out"
-    summary = run_job([f"file://{tmp_path}/in*.parquet"], out, model_dir=str(tiny_model), batch_size=16, device="cpu")
-    assert (tmp_path / "out" / SUCCESS).exists() and summary["rows"] == 60
-    assert all(f.startswith(out + "/") for f in summary["files"])
+    summary = run_job([f"file://{tmp_path}/in*.parquet"], out, model=str(tiny_model), chunk_rows=16, device="cpu")
+    assert (tmp_path / "out" / SUCCESS).exists() and summary.rows == 60
+    assert all(f.startswith(out + "/") for f in summary.files)
     ids = set(pq.read_table(tmp_path / "out").column("emotion_row_id").to_pylist())
     assert ids == {f"file://{tmp_path}/in{k}.parquet#{i}" for k in range(2) for i in range(30)}
     with pytest.raises(OutputError, match="already exists"):
-        tag_with_ray([f"file://{tmp_path}/in0.parquet"], out, model_dir=str(tiny_model))
+        tag_with_ray([f"file://{tmp_path}/in0.parquet"], out, model=str(tiny_model))
 
 
 def test_success_marker_no_temp_folder_and_overwrite(tiny_model, tmp_path):
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"text": texts(50)}), src)
     out = tmp_path / "out"
-    run_job([str(src)], str(out), model_dir=str(tiny_model), batch_size=32, device="cpu")
+    run_job([str(src)], str(out), model=str(tiny_model), chunk_rows=32, device="cpu")
     assert (out / SUCCESS).exists()
     assert siblings(out) == []
     with pytest.raises(OutputError, match="already exists"):
-        tag_with_ray([str(src)], str(out), model_dir=str(tiny_model), device="cpu")
+        tag_with_ray([str(src)], str(out), model=str(tiny_model), device="cpu")
     (out / "stale.parquet").write_bytes(b"old")
-    summary = run_job([str(src)], str(out), model_dir=str(tiny_model), batch_size=32, device="cpu", overwrite=True)
-    assert summary["rows"] == 50 and (out / SUCCESS).exists()
+    summary = run_job([str(src)], str(out), model=str(tiny_model), chunk_rows=32, device="cpu", overwrite=True)
+    assert summary.rows == 50 and (out / SUCCESS).exists()
     assert not (out / "stale.parquet").exists() and siblings(out) == []
 
 
@@ -197,7 +197,7 @@ def test_failing_job_names_the_file_and_leaves_no_output(tiny_model, tmp_path):
     pa_csv.write_csv(pa.table({"body": texts(40)}), bad)
     out = tmp_path / "out"
     with pytest.raises(InputError) as err:
-        run_job([str(good), str(bad)], str(out), model_dir=str(tiny_model), batch_size=16, device="cpu")
+        run_job([str(good), str(bad)], str(out), model=str(tiny_model), chunk_rows=16, device="cpu")
     assert str(bad) in str(err.value) and "'text' not found" in str(err.value)
     assert type(err.value) is InputError  # a plain emolabel error, not Ray's wrapper
     assert not out.exists() and siblings(out) == []
@@ -205,12 +205,12 @@ def test_failing_job_names_the_file_and_leaves_no_output(tiny_model, tmp_path):
 
 def test_up_front_errors(tiny_model, tmp_path):
     with pytest.raises(InputError, match="No files match"):
-        tag_with_ray([str(tmp_path / "*.csv")], str(tmp_path / "o"), model_dir=str(tiny_model))
+        tag_with_ray([str(tmp_path / "*.csv")], str(tmp_path / "o"), model=str(tiny_model))
     with pytest.raises(InputError, match="format"):
         (tmp_path / "x.txt").write_text("text\nhi\n")
-        tag_with_ray([str(tmp_path / "x.txt")], str(tmp_path / "o"), model_dir=str(tiny_model))
+        tag_with_ray([str(tmp_path / "x.txt")], str(tmp_path / "o"), model=str(tiny_model))
     with pytest.raises(EmolabelError, match="output format"):
-        tag_with_ray([str(tmp_path / "x.txt")], str(tmp_path / "o"), model_dir=str(tiny_model), output_format="xlsx")
+        tag_with_ray([str(tmp_path / "x.txt")], str(tmp_path / "o"), model=str(tiny_model), output_format="xlsx")
 
 
 def test_missing_ray_gives_a_clear_message(tiny_model, tmp_path):
@@ -221,7 +221,7 @@ def test_missing_ray_gives_a_clear_message(tiny_model, tmp_path):
         "from emolabel.ray_engine import tag_with_ray\n"
         "from emolabel.errors import EmolabelError\n"
         "try:\n"
-        f"    tag_with_ray([{str(src)!r}], {str(tmp_path / 'out')!r}, model_dir={str(tiny_model)!r})\n"
+        f"    tag_with_ray([{str(src)!r}], {str(tmp_path / 'out')!r}, model={str(tiny_model)!r})\n"
         "except EmolabelError as e:\n"
         "    print(e); sys.exit(3)\n"
     )
@@ -255,7 +255,7 @@ def test_cli_engine_ray_matches_the_local_engine(tiny_model, tmp_path):
             assert row["emotion"] == ref[row["id"]]["emotion"]
             assert abs(row["emotion_joy"] - ref[row["id"]]["emotion_joy"]) < 1e-5
     bad = invoke("tag", str(tmp_path / "in0.csv"), "-o", "-", "--engine", "ray", "--model", str(tiny_model))
-    assert bad.exit_code == 2 and "-o FOLDER" in bad.stderr
+    assert bad.exit_code == 2 and "--output FOLDER" in bad.stderr
 
 
 def test_an_output_folder_holding_an_input_is_refused_before_anything_is_deleted(tiny_model, tmp_path):
@@ -265,15 +265,42 @@ def test_an_output_folder_holding_an_input_is_refused_before_anything_is_deleted
     (data / "a.csv").write_text("text\ni feel happy\n")
     for out in (data, tmp_path):
         with pytest.raises(OutputError, match="holds the input"):
-            tag_with_ray([str(data / "*.csv")], str(out), model_dir=str(tiny_model), overwrite=True)
+            tag_with_ray([str(data / "*.csv")], str(out), model=str(tiny_model), overwrite=True)
     assert (data / "a.csv").read_text() == "text\ni feel happy\n"
 
 
-@pytest.mark.parametrize("flag", [["--encoding", "latin-1"], ["--on-error", "skip"], ["--batch-size", "8"],
-                                  ["--max-tokens", "512"], ["--max-length", "16"], ["--threads", "1"], ["--resume"]])
-def test_options_the_ray_engine_would_drop_are_refused(tiny_model, tmp_path, flag):
+@pytest.mark.parametrize("flag", [["--on-error", "skip"], ["--resume"], ["--limit", "1"]])
+def test_options_the_ray_engine_cannot_honour_are_refused(tiny_model, tmp_path, flag):
     (tmp_path / "a.csv").write_text("text\ni feel happy\n")
     r = invoke("tag", str(tmp_path / "a.csv"), "-o", str(tmp_path / "out"), "--engine", "ray", "--model",
                str(tiny_model), *flag)
     assert r.exit_code == 2 and flag[0] in r.stderr and "--engine ray" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_reader_and_labeler_options_are_honoured_as_the_local_engine_does(tiny_model, tmp_path):
+    """--encoding, --max-length, --batch-size, --max-tokens, --threads and --min-score were dropped or
+    refused on Ray; now both engines give the same rows and the same counts."""
+    import json
+
+    rows = [f"café {WORDS[i % len(WORDS)]} " + " ".join(["happy"] * (i % 40)) for i in range(60)] + [""]
+    src = tmp_path / "in.csv"
+    src.write_bytes(("id,text\n" + "".join(f"{i},{t}\n" for i, t in enumerate(rows))).encode("latin-1"))
+    opts = ["--encoding", "latin-1", "--max-length", "16", "--batch-size", "7", "--max-tokens", "64",
+            "--threads", "1", "--min-score", "0.99", "--precision", "fp32", "--model", str(tiny_model)]
+    local = invoke("tag", str(src), "-o", str(tmp_path / "l.jsonl"), *opts)
+    ray_run = invoke("tag", str(src), "-o", str(tmp_path / "r"), "--engine", "ray", "--workers", "1",
+                     "--id-column", "id", "--output-format", "jsonl", *opts)
+    assert local.exit_code == 0 and ray_run.exit_code == 0, local.stderr + ray_run.stderr
+    want = {r["id"]: r for r in map(json.loads, (tmp_path / "l.jsonl").read_text().splitlines())}
+    got = {r["id"]: r for p in (tmp_path / "r").glob("*.jsonl") for r in map(json.loads, p.read_text().splitlines())}
+    assert sorted(got) == sorted(want) and got["0"]["text"] == rows[0]
+    for k, row in want.items():
+        assert got[k]["emotion"] == row["emotion"] and got[k]["emotion_status"] == row["emotion_status"]
+        assert abs((got[k]["emotion_score"] or 0) - (row["emotion_score"] or 0)) < 1e-5
+    # one summary, the same counts: truncated at 16 tokens, uncertain under 0.99 (the tiny model is never sure), the empty row
+    import re
+
+    counts = [re.search(r"tagged 61 rows .*? -> [^;]*; (.*)", err).group(1) for err in (local.stderr, ray_run.stderr)]
+    assert counts[0] == counts[1] and "1 empty" in counts[0] and "uncertain" in counts[0]
+    assert re.search(r"[1-9]\d* truncated", counts[0])

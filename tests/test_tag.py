@@ -202,3 +202,63 @@ def test_a_missing_column_suggests_the_near_one_and_a_number_column_is_warned_ab
     r = invoke("tag", str(src), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model), "--text-column", "id")
     assert r.exit_code == 0 and "Warning: column 'id'" in r.stderr and "holds int64 values, not text" in r.stderr
     assert "Text columns: Body; use --text-column" in r.stderr
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_several_local_inputs_in_file_order_with_a_source_column(tmp_path, tiny_model, fmt):
+    parts = [sample_table(30, seed=k) for k in range(3)]
+    paths = [write_table(t, tmp_path / f"part{k}{EXT[fmt]}", fmt) for k, t in enumerate(parts)]
+    r = invoke("tag", *map(str, paths), "-o", str(tmp_path / "out.parquet"), "--model", str(tiny_model))
+    assert r.exit_code == 0, r.stderr
+    out = read_path(tmp_path / "out.parquet", "parquet")
+    assert out.column("text").to_pylist() == [t for p in parts for t in p.column("text").to_pylist()]
+    assert out.column("emotion_source").to_pylist() == [str(p) for p in paths for _ in range(30)]
+    # a quoted glob is the same files, in name order; one file alone has no source column
+    g = invoke("tag", str(tmp_path / f"part*{EXT[fmt]}"), "-o", str(tmp_path / "g.parquet"), "--model", str(tiny_model))
+    assert g.exit_code == 0 and read_path(tmp_path / "g.parquet", "parquet").equals(out)
+    one = invoke("tag", str(paths[0]), "-o", str(tmp_path / "one.parquet"), "--model", str(tiny_model))
+    assert "emotion_source" not in read_path(tmp_path / "one.parquet", "parquet").column_names
+    assert one.exit_code == 0
+
+
+def test_several_inputs_need_the_same_columns_and_resume_covers_all_of_them(tmp_path, tiny_model):
+    a = write_table(sample_table(20), tmp_path / "a.csv", "csv")
+    b = tmp_path / "b.csv"
+    b.write_text("id,body\n1,hello\n")
+    r = invoke("tag", str(a), str(b), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model))
+    assert r.exit_code == 1 and str(b) in r.stderr and "same columns" in r.stderr
+    assert not (tmp_path / "o.csv").exists()
+    mixed = invoke("tag", str(a), str(tmp_path / "x.jsonl"), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model))
+    assert mixed.exit_code == 1 and "does not exist" in mixed.stderr
+    from emolabel import checkpoint
+
+    fp = checkpoint.fingerprint([str(a), str(a)], tiny_model, {})
+    assert [d["sha256"] for d in fp["input"]] == [checkpoint.file_sha256(a)] * 2
+
+
+def test_progress_moves_by_bytes_for_csv_and_jsonl_files(tmp_path, tiny_model):
+    """A CSV or JSON Lines file has no row count up front: the bar follows the bytes read."""
+    from emolabel import tag_file
+
+    class Record:
+        def __init__(self):
+            self.start_args, self.calls = None, []
+
+        def start(self, total, done, total_bytes=None):
+            self.start_args = (total, done, total_bytes)
+
+        def advance(self, rows, position=None):
+            self.calls.append((rows, position))
+
+    for fmt in ("csv", "jsonl", "parquet"):
+        src = write_table(sample_table(300), tmp_path / f"in{EXT[fmt]}", fmt)
+        rec = Record()
+        tag_file(str(src), str(tmp_path / f"out-{fmt}.csv"), model=str(tiny_model), chunk_rows=50, progress=rec)
+        assert sum(rows for rows, _ in rec.calls) == 300
+        if fmt == "parquet":
+            assert rec.start_args == (300, 0, None) and all(p is None for _, p in rec.calls)
+            continue
+        size = src.stat().st_size
+        assert rec.start_args == (None, 0, size)
+        positions = [p for _, p in rec.calls]
+        assert all(0 < p <= size for p in positions) and positions == sorted(positions)
