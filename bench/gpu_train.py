@@ -120,10 +120,10 @@ def score(name: str, a: argparse.Namespace) -> dict | None:
 
 def test_scores(names: list[str], a: argparse.Namespace, styles: bool = False) -> dict[str, dict]:
     sys.path.insert(0, str(REPO))
+    from emolabel.data import labelled_data, read_table
     from emolabel.evaluate import evaluate_probs
     from emolabel.inference import Labeler
     from emolabel.styles import STYLES
-    from emolabel.data import labelled_data, read_table
 
     out = {}
     for name in names:
@@ -144,8 +144,8 @@ def test_scores(names: list[str], a: argparse.Namespace, styles: bool = False) -
 def ensemble_scores(names: list[str], a: argparse.Namespace) -> dict:
     """Validation and test numbers of the mean logits of these runs: what the students learn from."""
     from emolabel.config import ModelConfig
-    from emolabel.evaluate import classification_metrics
     from emolabel.data import labelled_data, read_table
+    from emolabel.evaluate import classification_metrics
     from emolabel.train import ensemble_logits
 
     labels = ModelConfig.load(a.out / names[0]).labels

@@ -33,11 +33,11 @@ def main() -> None:
     a = ap.parse_args()
     import pyarrow as pa
     import torch
+    from fake_model import random_model
     from throughput import SHAPES, dataset_texts
 
     from emolabel.config import default_model_dir
     from emolabel.inference import Labeler
-    from emolabel.model import random_model
 
     folder = a.model or default_model_dir()
     if a.shape:

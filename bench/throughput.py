@@ -118,7 +118,7 @@ def main() -> None:
     model_dir = Path(args.model) if args.model else default_model_dir()
     tmp = Path(tempfile.mkdtemp(prefix="emolabel-bench-"))
     if args.shape:
-        from emolabel.model import random_model
+        from fake_model import random_model
 
         tokenizer_json = (model_dir / "tokenizer.json").read_text()
         vocab = len(json.loads(tokenizer_json)["model"]["vocab"])

@@ -161,30 +161,3 @@ def _materialize_buffers(model: nn.Module) -> None:
                     module.register_buffer(name, torch.zeros(buf.shape, dtype=torch.long), persistent=False)
                 else:
                     raise ModelError(f"Cannot rebuild buffer {name} of {type(module).__name__}.")
-
-
-def random_model(
-    folder: Path,
-    tokenizer_json: str,
-    *,
-    vocab_size: int,
-    hidden: int = 384,
-    layers: int = 6,
-    heads: int = 12,
-    intermediate: int | None = None,
-    labels: list[str] | None = None,
-    seed: int = 0,
-    **options: object,
-) -> EmotionClassifier:
-    """A random-init BERT + head of a given shape, saved as a model folder (tests and benchmarks)."""
-    from transformers import BertConfig
-
-    torch.manual_seed(seed)
-    enc = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                     num_attention_heads=heads, intermediate_size=intermediate or 4 * hidden,
-                     max_position_embeddings=512)
-    config = ModelConfig(encoder=encoder_config_dict(enc), base="random-init",
-                         **({"labels": labels} if labels else {}), **options)  # type: ignore[arg-type]
-    model = EmotionClassifier(config)
-    save(model, tokenizer_json, folder)
-    return model

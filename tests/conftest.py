@@ -15,6 +15,7 @@ PATIENCE = 1800.0
 
 EMOTION_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "emotion"
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))  # fake_model: random-init models of a shape
 
 WORDS = (
     "i im feel feeling felt am a the and to of so very really not dont it is was this that my me you "
@@ -43,7 +44,7 @@ def tiny_tokenizer():
 
 def make_tiny_model(folder: Path, **options) -> Path:
     """social-v1 unless told: the shipped model's scheme, whose emoji-only rows have no text."""
-    from emolabel.model import random_model
+    from fake_model import random_model  # bench/fake_model.py: shared with the benchmarks
 
     options.setdefault("normalization", "social-v1")
     tok = tiny_tokenizer()
