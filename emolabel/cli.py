@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from emolabel import __version__
-from emolabel.config import ENGINES, FORMATS, PRECISIONS
+from emolabel.config import ENGINES, FORMATS, INPUT_FORMATS, PRECISIONS
 from emolabel.errors import EmolabelError
 
 
@@ -81,7 +81,8 @@ def cli() -> None:
 @click.argument("inputs", metavar="INPUT...", nargs=-1, required=True)
 @click.option("-o", "--output", default="-", show_default=True,
               help="Output file, or - for stdout (with --engine ray: a folder of part files).")
-@click.option("--input-format", type=click.Choice(FORMATS), help="Input format (default: from the file extension).")
+@click.option("--input-format", type=click.Choice(INPUT_FORMATS),
+              help="Input format (default: from the file extension; lines: one text per line, as .txt).")
 @click.option("--output-format", type=click.Choice(FORMATS), help="Output format (default: from the extension).")
 @click.option("--text-column", default="text", show_default=True, help="Column holding the text to label.")
 @click.option("--model", "model_dir", type=click.Path(), help="Model folder (default: the shipped model).")
@@ -96,6 +97,10 @@ def cli() -> None:
               "numbers then depend on the rows batched with it.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for the model [all cores].")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV/JSON Lines input, e.g. latin-1.")
+@click.option("--delimiter", help="CSV input: the field separator [a tab for .tsv, else ,], e.g. ';'.")
+@click.option("--detect-types", is_flag=True, help="CSV input: give numbers and booleans their types (else every "
+              "column is text, written back exactly); the text column stays text.")
+@click.option("--empty-null", is_flag=True, help="CSV input: an empty cell is null (else an empty string).")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="A malformed CSV row or JSON line: stop, or leave it out and report its line.")
 @click.option("--min-score", type=click.FloatRange(0, 1),
@@ -130,6 +135,9 @@ def tag(
     precision: str,
     threads: int | None,
     encoding: str,
+    delimiter: str | None,
+    detect_types: bool,
+    empty_null: bool,
     on_error: str,
     min_score: float | None,
     limit: int | None,
@@ -165,6 +173,10 @@ def tag(
       emolabel tag big.csv -o - --output-format csv | head
       emolabel tag reviews.csv -o out.csv --min-score 0.6     # no label where the model is unsure
       emolabel tag huge.parquet -o try.csv --limit 1000       # the first 1,000 rows only
+      emolabel tag a.csv b.csv -o both.parquet               # in order, with EMOTION_source
+      emolabel tag survey.csv -o typed.parquet --detect-types --empty-null
+      emolabel tag export.csv --delimiter ';' -o out.csv; emolabel tag notes.txt -o notes.csv
+      echo "i am so happy" | emolabel tag - --input-format lines
       emolabel tag 'data/*.parquet' -o labelled/ --engine ray --workers 2-8
     """
 
@@ -175,7 +187,8 @@ def tag(
     options = TagOptions(text_column=text_column, model=model_dir, prefix=prefix, input_format=input_format,
                          output_format=output_format, batch_size=batch_size, max_tokens=max_tokens,
                          max_length=max_length, chunk_rows=chunk_rows, device=device, precision=precision,
-                         threads=threads, encoding=encoding, on_error=on_error, min_score=min_score, limit=limit,
+                         threads=threads, encoding=encoding, delimiter=delimiter, detect_types=detect_types,
+                         empty_null=empty_null, on_error=on_error, min_score=min_score, limit=limit,
                          overwrite=overwrite, resume=resume)
     progress = _Progress(console, quiet)
     import warnings

@@ -18,7 +18,8 @@ WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
 FORMAT_VERSION = 1
 # Table formats (tables.Format implements them; named here so the CLI needs no pyarrow)
-FORMATS = ("csv", "parquet", "jsonl")
+FORMATS = ("csv", "parquet", "jsonl")  # what can be read and written
+INPUT_FORMATS = (*FORMATS, "lines")  # lines: one text per line (.txt), read only
 ENGINES = ("local", "ray")  # emolabel.engines.make
 # Text normalization schemes (implemented in normalize.py; named here so the CLI needs no pyarrow)
 NORMALIZATIONS = ("none", "social-v1", "social-v2")

@@ -93,6 +93,13 @@ def check_text_column(schema: pa.Schema, name: str, text_column: str) -> None:
         near = [n for n in names if n.lower() == text_column.lower()]
         near += [n for n in difflib.get_close_matches(text_column, names, n=3, cutoff=0.6) if n not in near]
         hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+        if len(names) == 1:
+            sep = next((c for c in ";\t|," if c in names[0]), None)
+            if sep:
+                hint = (f" The header is one column, {names[0]!r}: if the file is separated by {sep!r}, pass "
+                        f"`delimiter` {sep!r}.")
+            elif not near:
+                hint = " If the input is plain text, one text per line with no header, use `input_format` lines."
         raise InputError(
             f"Column {text_column!r} not found in {name}.{hint} Available columns: "
             f"{', '.join(names)}. Use `text_column` to choose."
@@ -158,7 +165,7 @@ def tag(
 
     def limited() -> Iterator[pa.RecordBatch]:
         seen = 0
-        for batch in reader:
+        for batch in _small_first(reader):
             if limit is not None:
                 if seen >= limit:
                     return  # the first `limit` rows only: the rest is never read
@@ -201,6 +208,22 @@ def tag(
     summary.seconds = time.perf_counter() - start
     summary.skipped_lines = list(reader.skipped)
     return summary
+
+
+FIRST_CHUNK = 256  # rows: the first output (a progress bar, `| head`) comes within seconds, not a chunk's time
+
+
+def _small_first(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The first chunk split after FIRST_CHUNK rows; the same cut on every run (resume relies on it)."""
+    it = iter(batches)
+    for first in it:
+        if first.num_rows > FIRST_CHUNK:
+            yield first.slice(0, FIRST_CHUNK)
+            yield first.slice(FIRST_CHUNK)
+        else:
+            yield first
+        break
+    yield from it
 
 
 def _background(items: Iterator[T], depth: int) -> Iterator[T]:
@@ -317,8 +340,11 @@ class TagOptions:
     device: str = "auto"  # auto: the first CUDA GPU, else the CPU
     precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU (inference.resolve_precision)
     threads: int | None = None  # CPU threads for the model; None: all cores
-    encoding: str = "utf-8"  # of CSV / JSON Lines input
+    encoding: str = "utf-8"  # of CSV / JSON Lines / lines input
     on_error: str = "fail"  # a malformed row: "fail", or "skip" it and report its line
+    delimiter: str | None = None  # of CSV input; None: a tab for .tsv, else a comma
+    detect_types: bool = False  # CSV input: numbers and booleans typed (else every column is text)
+    empty_null: bool = False  # CSV input: an empty cell is null (else "")
     min_score: float | None = None  # rows whose top probability is lower get no label, status "uncertain"
     limit: int | None = None  # label only the first N rows (a quick try on a big file)
     overwrite: bool = False  # replace an existing output file
@@ -348,6 +374,11 @@ class TagOptions:
         if self.min_score is not None and not 0 <= self.min_score <= 1:
             raise OptionError(f"`min_score` must be between 0 and 1, not {self.min_score}.")
 
+    def read_options(self) -> dict[str, Any]:
+        """tables.open_input / open_stream's options for this run."""
+        return dict(encoding=self.encoding, on_error=self.on_error, delimiter=self.delimiter,
+                    detect_types=self.detect_types, empty_null=self.empty_null, text_column=self.text_column)
+
     def output_options(self) -> dict[str, Any]:
         """The fields that change the output: what --resume must find unchanged."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.NOT_OUTPUT}
@@ -373,6 +404,9 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
     inputs = tables.expand_inputs(input)
     in_fmt = tables.format_of(inputs, opts.input_format)
     out_fmt = tables.Format(opts.output_format) if opts.output_format else None
+    if out_fmt is not None and out_fmt not in tables.WRITABLE or output != tables.STDIO and (
+            tables.format_from_suffix(output) is tables.Format.LINES and out_fmt is None):
+        raise OptionError(f"Lines (.txt) are an input format only; write {', '.join(f.value for f in tables.WRITABLE)}.")
     if output != tables.STDIO and out_fmt is None:
         out_fmt = tables.format_from_suffix(output)
         if out_fmt is None:
@@ -392,11 +426,11 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
     opts = opts.resolve(dev.type)
     source = f"{opts.prefix}_source" if len(inputs) > 1 else None
     reader = tables.open_inputs(inputs, in_fmt, source_column=source, chunk_rows=opts.chunk_rows,
-                                encoding=opts.encoding, on_error=opts.on_error)
+                                **opts.read_options())
     writer: Any = None
     try:
-        if out_fmt is None:  # stdout: the input's format unless told
-            out_fmt = reader.format
+        if out_fmt is None:  # stdout: the input's format unless told (lines in: CSV out)
+            out_fmt = reader.format if reader.format in tables.WRITABLE else tables.Format.CSV
             if sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
                 raise OptionError("Refusing to write Parquet to a terminal; give another `output_format`.")
         check_text_column(reader.schema, reader.name, opts.text_column)  # before the model loads: fail fast

@@ -35,9 +35,10 @@ CSV_BLOCK = 16 << 20
 
 
 class Format(str, Enum):
-    CSV = "csv"
+    CSV = "csv"  # and TSV: CSV with another delimiter
     PARQUET = "parquet"
     JSONL = "jsonl"
+    LINES = "lines"  # input only: one text per line, read as a `text` column
 
 
 SUFFIXES = {
@@ -47,8 +48,17 @@ SUFFIXES = {
     ".jsonl": Format.JSONL,
     ".ndjson": Format.JSONL,
     ".json": Format.JSONL,
+    ".tsv": Format.CSV,
+    ".txt": Format.LINES,
 }
-FORMAT_NAMES = [f.value for f in Format]  # config.FORMATS names them for the CLI (a test keeps them in step)
+FORMAT_NAMES = [f.value for f in Format]  # config.INPUT_FORMATS names them for the CLI (a test keeps them in step)
+WRITABLE = [f for f in Format if f is not Format.LINES]  # config.FORMATS
+
+
+def default_delimiter(path: str) -> str:
+    """A tab for a .tsv name (.tsv.gz too), else a comma."""
+    suffixes = [x.lower() for x in Path(path).suffixes if x.lower() != ".gz"]
+    return "\t" if suffixes[-1:] == [".tsv"] else ","
 
 
 def format_from_suffix(path: str) -> Format | None:
@@ -111,8 +121,11 @@ def open_input(
     chunk_rows: int = 16384,
     encoding: str = "utf-8",
     on_error: str = "fail",
+    **csv_options: Any,
 ) -> Reader:
-    """Open `path` (or '-' for stdin) as a stream of record batches; errors name the file."""
+    """Open `path` (or '-' for stdin) as a stream of record batches; errors name the file.
+    `csv_options`: open_stream's delimiter (default: from the name), detect_types, empty_null,
+    text_column."""
     name = display_name(path)
     if path == STDIO:
         raw: IO[bytes] = sys.stdin.buffer
@@ -154,7 +167,10 @@ def open_input(
                 spool.flush()
                 source = spool.name
                 closers.append(spool.close)
-        reader = open_stream(name, source, fmt, chunk_rows=chunk_rows, encoding=encoding, on_error=on_error)
+        if fmt is Format.CSV and csv_options.get("delimiter") is None and path != STDIO:
+            csv_options["delimiter"] = default_delimiter(path)
+        reader = open_stream(name, source, fmt, chunk_rows=chunk_rows, encoding=encoding, on_error=on_error,
+                             **csv_options)
     except BaseException:
         for close in (*closers, raw.close):
             close()
@@ -167,16 +183,26 @@ def open_input(
 
 
 def open_stream(name: str, source: Any, fmt: Format, *, chunk_rows: int = 16384, encoding: str = "utf-8",
-                on_error: str = "fail") -> Reader:
+                on_error: str = "fail", delimiter: str | None = None, detect_types: bool = False,
+                empty_null: bool = False, text_column: str | None = None) -> Reader:
     """The readers behind open_input, for a stream opened elsewhere (an engine's worker reading
-    from an object store): CSV and JSON Lines from a binary stream, Parquet from a path or a
-    seekable file. `name` is what messages call it; every reader option is honoured."""
+    from an object store): CSV, JSON Lines and lines from a binary stream, Parquet from a path or
+    a seekable file. `name` is what messages call it; every reader option is honoured.
+
+    CSV only: `delimiter` (default ","); `detect_types`: numbers and booleans get types from the
+    first block (else every column is text, which round-trips exactly), except `text_column`;
+    `empty_null`: an empty cell is null (else "")."""
     if on_error not in ("fail", "skip"):
         raise InputError(f"Unknown `on_error` {on_error!r}: use fail or skip.")
+    if delimiter is not None and (len(delimiter) != 1 or delimiter in "\"\r\n"):
+        raise InputError(f"`delimiter` must be one character (not a quote or a line break), not {delimiter!r}.")
     if fmt is Format.PARQUET:
         return _open_parquet(name, source, chunk_rows)
     if fmt is Format.CSV:
-        return _open_csv(name, source, chunk_rows, encoding, on_error)
+        return _open_csv(name, source, chunk_rows, encoding, on_error, delimiter or ",", detect_types, empty_null,
+                         text_column)
+    if fmt is Format.LINES:
+        return _open_lines(name, source, chunk_rows, encoding)
     return _open_jsonl(name, source, chunk_rows, encoding, on_error)
 
 
@@ -448,7 +474,8 @@ def _decode_or_fail(data: bytes, encoding: str, name: str, where: str) -> str:
         raise InputError(f"Unknown `encoding` {encoding!r}.") from None
 
 
-def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_error: str) -> Reader:
+def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_error: str, delimiter: str = ",",
+              detect_types: bool = False, empty_null: bool = False, text_column: str | None = None) -> Reader:
     # Read the header ourselves: every column is then read as a string, so values round-trip
     # exactly and a column cannot fail half-way through a file on a type change.
     header = stream.readline()
@@ -458,7 +485,7 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
         header = header[len(codecs.BOM_UTF8) :]
     if not header.strip():
         raise InputError(f"{name} is empty: expected a CSV header row with column names.")
-    names = next(csv.reader([_decode_or_fail(header, encoding, name, "line 1 (the header)")]))
+    names = next(csv.reader([_decode_or_fail(header, encoding, name, "line 1 (the header)")], delimiter=delimiter))
     _check_unique(names, name)
 
     invalid: list[Any] = []
@@ -474,11 +501,12 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
     # Reads are at most one block; a row may span two (a longer one fails, named): 16 MB blocks take
     # multi-megabyte texts in one field.
     read_opts = pa_csv.ReadOptions(block_size=CSV_BLOCK, encoding=encoding, use_threads=False)
-    parse_opts = pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid)
+    parse_opts = pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=on_invalid)
     convert_opts = pa_csv.ConvertOptions(
-        column_types={n: pa.string() for n in names},
-        strings_can_be_null=False,
-        quoted_strings_can_be_null=False,
+        column_types={n: pa.string() for n in names if not detect_types or n == text_column},
+        strings_can_be_null=empty_null,
+        quoted_strings_can_be_null=empty_null,
+        null_values=[""] if empty_null else [],
     )
 
     def explain(e: Exception) -> InputError:
@@ -491,6 +519,10 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
                 f"({row.text[:80]!r}). Fix the row, quote fields that contain commas, "
                 "or pass `on_error` skip to leave such rows out."
             )
+        if detect_types and "conversion error" in msg.lower():
+            return InputError(f"{name}: {msg}. With `detect_types` a column's type comes from the first rows; "
+                              "this value does not fit it. Fix the value, or leave `detect_types` out (every "
+                              "column is then read as text).")
         if "straddling" in msg:
             return InputError(f"{name} has a row longer than {CSV_BLOCK >> 20} MB; split such texts first.")
         if "UTF8" in msg or "UTF-8" in msg:
@@ -533,6 +565,26 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
     out = Reader(name, Format.CSV, reader.schema, None, rechunk(batches(), chunk_rows), skipped)
     out._closers.append(reader.close)
     return out
+
+
+def _open_lines(name: str, stream: IO[bytes], chunk_rows: int, encoding: str) -> Reader:
+    """One text per line, as a `text` column: every line is a row (an empty one has no text), the
+    line break (\\n or \\r\\n) is not part of the text."""
+    schema = pa.schema([pa.field("text", pa.string())])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        texts: list[str] = []
+        for lineno, raw in enumerate(stream, 1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            texts.append(_decode_or_fail(raw, encoding, name, f"line {lineno}").removesuffix("\n").removesuffix("\r"))
+            if len(texts) >= chunk_rows:
+                yield pa.RecordBatch.from_arrays([pa.array(texts, pa.string())], schema=schema)
+                texts = []
+        if texts:
+            yield pa.RecordBatch.from_arrays([pa.array(texts, pa.string())], schema=schema)
+
+    return Reader(name, Format.LINES, schema, None, batches())
 
 
 def _first_undecodable_line(name: str, encoding: str) -> int | None:
@@ -734,25 +786,54 @@ class TableWriter:
     """One format's incremental writer on an open binary file: write(batch)... then close().
     The one place a format is written (the local Writer and Ray's part files both use it)."""
 
-    def __init__(self, file: Any, fmt: Format, schema: pa.Schema):
+    EMPTY_KEY = "\x00emolabel-empty-key\x00"  # polars renames a column "" to column_0: written under this, then put back
+
+    def __init__(self, file: Any, fmt: Format, schema: pa.Schema, delimiter: str = ","):
+        if fmt not in WRITABLE:
+            raise OutputError(f"{fmt.value} is an input format only; write {', '.join(f.value for f in WRITABLE)}.")
         self.file, self.format = file, fmt
         self._writer: Any = None
+        self._warned = False
         if fmt is Format.PARQUET:
             self._writer = pq.ParquetWriter(file, schema, compression="zstd")
         elif fmt is Format.CSV:
-            self._writer = pa_csv.CSVWriter(file, schema)
+            self._writer = pa_csv.CSVWriter(file, schema, write_options=pa_csv.WriteOptions(delimiter=delimiter))
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
-        if self.format is Format.JSONL:  # polars: integers with nulls stay integers (pandas makes floats)
-            import polars as pl
-
-            buf = io.BytesIO()
-            pl.from_arrow(batch).write_ndjson(buf)  # type: ignore[union-attr]
-            self.file.write(buf.getvalue())
+        if self.format is Format.JSONL:
+            self.file.write(self._ndjson(batch))
         elif isinstance(batch, pa.Table):
             self._writer.write_table(batch)
         else:
             self._writer.write(batch)
+
+    def _ndjson(self, batch: pa.RecordBatch | pa.Table) -> bytes:
+        """polars' JSON Lines (integers with nulls stay integers; pandas makes them floats), with a
+        key "" kept as "" and a warning where JSON cannot hold a value (NaN, Infinity: null)."""
+        import polars as pl
+        import pyarrow.compute as pc
+
+        if not self._warned:
+            odd = [f.name for f, col in zip(batch.schema, batch.columns) if pa.types.is_floating(f.type)
+                   and pc.any(pc.invert(pc.is_finite(col))).as_py()]
+            if odd:
+                import warnings
+
+                from emolabel.errors import EmolabelWarning
+
+                self._warned = True
+                warnings.warn(EmolabelWarning(
+                    f"column(s) {', '.join(map(repr, odd))} hold NaN or Infinity, which JSON cannot: written as "
+                    "null. Write Parquet or CSV to keep them."), stacklevel=2)
+        empty = "" in batch.schema.names
+        if empty:
+            batch = batch.rename_columns([self.EMPTY_KEY if n == "" else n for n in batch.schema.names])
+        buf = io.BytesIO()
+        pl.from_arrow(batch).write_ndjson(buf)  # type: ignore[union-attr]
+        data = buf.getvalue()
+        if empty:  # only a key is followed by ':' right after its closing quote, so values are untouched
+            data = data.replace(b'"\\u0000emolabel-empty-key\\u0000":', b'"":')
+        return data
 
     def close(self) -> None:
         """Finish the format (Parquet's footer); the file itself stays open."""
@@ -781,12 +862,14 @@ class Writer:
                 raise OutputError(f"Cannot write {target}: {e.strerror or e}.") from None
             self.tmp = Path(tmp)
             self._file = os.fdopen(fd, "wb")
-        self._writer = TableWriter(self._file, fmt, schema)
+        self._writer = TableWriter(self._file, fmt, schema, default_delimiter(target))
 
     def write(self, batch: pa.RecordBatch, stats: dict | None = None) -> None:
         """Append a batch (`stats` is for CheckpointWriter's interface and unused here)."""
         try:
             self._writer.write(batch)
+            if self._file is sys.stdout.buffer:  # `| head` sees rows as soon as they are labelled
+                self._file.flush()
         except OSError as e:
             raise self._os_error(e) from None
         except pa.ArrowException as e:

@@ -1,0 +1,116 @@
+"""Forgiving inputs, faithful outputs: TSV and other delimiters, plain text lines, typed CSV,
+JSON Lines keys and values that JSON cannot hold, and a first chunk small enough for `| head`."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import invoke
+
+from emolabel.errors import EmolabelWarning, InputError
+
+
+def test_a_semicolon_file_gets_a_hint_and_is_read_with_delimiter(tmp_path, tiny_model):
+    src = tmp_path / "semi.csv"
+    src.write_text('id;text\n1;i feel happy\n2;"sad; so sad"\n')
+    r = invoke("tag", str(src), "-o", str(tmp_path / "x.csv"), "--model", str(tiny_model))
+    assert r.exit_code == 1 and "--delimiter ';'" in r.stderr
+    ok = invoke("tag", str(src), "--delimiter", ";", "-o", "-", "--model", str(tiny_model))
+    assert ok.exit_code == 0, ok.stderr
+    lines = ok.stdout.splitlines()
+    assert lines[0].startswith('"id","text","emotion"') and lines[2].startswith('"2","sad; so sad",')
+    bad = invoke("tag", str(src), "--delimiter", ";;", "-o", "-", "--model", str(tiny_model))
+    assert bad.exit_code == 1 and "one character" in bad.stderr
+
+
+def test_tsv_in_and_out_by_name(tmp_path, tiny_model):
+    src = tmp_path / "in.tsv"
+    src.write_text("id\ttext\n007\ti love you, really\n")
+    r = invoke("tag", str(src), "-o", str(tmp_path / "out.tsv"), "--model", str(tiny_model))
+    assert r.exit_code == 0, r.stderr
+    header, row = (tmp_path / "out.tsv").read_text().splitlines()
+    assert header.split("\t")[:3] == ['"id"', '"text"', '"emotion"']
+    assert row.split("\t")[:2] == ['"007"', '"i love you, really"']
+
+
+def test_plain_text_lines_file_and_stdin(tmp_path, tiny_model):
+    src = tmp_path / "notes.txt"
+    src.write_bytes(b"i feel happy\n\nso sad today\r\nno newline at the end")
+    r = invoke("tag", str(src), "-o", str(tmp_path / "out.jsonl"), "--model", str(tiny_model))
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [row["text"] for row in rows] == ["i feel happy", "", "so sad today", "no newline at the end"]
+    assert rows[1]["emotion"] is None and all(row["emotion"] for row in rows if row["text"])
+    piped = invoke("tag", "-", "--input-format", "lines", "--model", str(tiny_model), input=b"i feel happy\n")
+    assert piped.exit_code == 0 and piped.stdout.startswith('"text","emotion"')  # lines in: CSV out
+    sniffed = invoke("tag", "-", "--model", str(tiny_model), input=b"i feel happy\n")
+    assert sniffed.exit_code == 1 and "--input-format lines" in sniffed.stderr
+    out = invoke("tag", str(src), "-o", str(tmp_path / "o.txt"), "--model", str(tiny_model))
+    assert out.exit_code == 2 and "input format only" in out.stderr
+
+
+def test_detect_types_and_empty_null_give_typed_parquet(tmp_path, tiny_model):
+    src = tmp_path / "survey.csv"
+    src.write_text("id,rating,ok,text\n1,4.5,true,i feel happy\n2,,false,\n3,2,true,123\n")
+    plain = invoke("tag", str(src), "-o", str(tmp_path / "plain.parquet"), "--model", str(tiny_model))
+    assert plain.exit_code == 0
+    t = pq.read_table(tmp_path / "plain.parquet")
+    assert t.schema.field("id").type == "string" and t.column("rating").to_pylist() == ["4.5", "", "2"]
+    typed = invoke("tag", str(src), "-o", str(tmp_path / "typed.parquet"), "--detect-types", "--empty-null",
+                   "--model", str(tiny_model))
+    assert typed.exit_code == 0, typed.stderr
+    t = pq.read_table(tmp_path / "typed.parquet")
+    assert t.schema.field("id").type == "int64" and t.schema.field("ok").type == "bool"
+    assert t.column("rating").to_pylist() == [4.5, None, 2.0]
+    assert t.column("text").to_pylist() == ["i feel happy", None, "123"]  # the text column stays text
+    assert t.column("emotion").to_pylist()[1] is None
+
+
+def test_detect_types_names_a_value_that_does_not_fit(tmp_path, tiny_model):
+    from emolabel.tables import open_input
+
+    src = tmp_path / "drift.csv"
+    src.write_text("id,text\n" + "".join(f"{i},hi\n" for i in range(200_000)) + "x7,hi\n")  # past the first block
+    reader = open_input(str(src), detect_types=True, text_column="text", chunk_rows=8192)
+    with pytest.raises(InputError, match=r"Row #200002.*'x7'.*leave `detect_types` out"):
+        for _ in reader:
+            pass
+
+
+def test_json_lines_keep_an_empty_key_and_warn_about_nan(tmp_path, tiny_model):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"": "k1", "x": NaN, "text": "i feel happy"}\n{"": "k2", "x": 1.5, "text": "sad"}\n')
+    with pytest.warns(EmolabelWarning, match="NaN or Infinity"):
+        from emolabel import tag_file
+
+        tag_file(str(src), str(tmp_path / "out.jsonl"), model=str(tiny_model))
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r[""] for r in rows] == ["k1", "k2"] and "column_0" not in rows[0]
+    assert rows[0]["x"] is None and rows[1]["x"] == 1.5
+    r = invoke("tag", str(src), "-o", str(tmp_path / "out.parquet"), "--model", str(tiny_model))
+    assert r.exit_code == 0 and "Warning" not in r.stderr  # Parquet keeps NaN
+    assert str(pq.read_table(tmp_path / "out.parquet").column("x").to_pylist()[0]) == "nan"
+
+
+def test_the_first_chunk_is_small_so_output_starts_within_seconds(tmp_path, tiny_model):
+    from emolabel import tag_file
+    from emolabel.pipeline import FIRST_CHUNK
+
+    src = tmp_path / "in.csv"
+    src.write_text("text\n" + "i feel happy\n" * 3000)
+
+    class Record:
+        def __init__(self):
+            self.rows = []
+
+        def start(self, *args):
+            pass
+
+        def advance(self, rows, position=None):
+            self.rows.append(rows)
+
+    rec = Record()
+    tag_file(str(src), str(tmp_path / "out.csv"), model=str(tiny_model), chunk_rows=1000, progress=rec)
+    assert rec.rows == [FIRST_CHUNK, 1000 - FIRST_CHUNK, 1000, 1000]
