@@ -28,7 +28,12 @@ class Interrupted(Exception):
 def _signals_raise() -> Iterator[None]:
     """Turn SIGINT/SIGTERM into an Interrupted exception on the main thread."""
 
+    def later(signum: int, frame: Any) -> None:
+        pass  # a second Ctrl-C while the first one cleans up: the clean-up finishes (no traceback)
+
     def handler(signum: int, frame: Any) -> None:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, later)
         raise Interrupted(signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -377,6 +382,8 @@ def main() -> None:
     """
     import atexit
 
+    if sys.stderr is None:  # started with stderr closed (2>&-): messages have nowhere to go, the work still counts
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
     try:
         code = cli.main(prog_name="emolabel", standalone_mode=False)
         code = code if isinstance(code, int) else 0
@@ -396,7 +403,7 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+        except (OSError, ValueError, AttributeError):  # a closed pipe or stream (None: closed at start)
             pass
     os._exit(code)
 

@@ -105,6 +105,9 @@ def check_text_column(schema: pa.Schema, name: str, text_column: str) -> None:
             f"{', '.join(names)}. Use `text_column` to choose."
         )
     typ = schema.field(text_column).type
+    if pa.types.is_nested(typ):
+        raise InputError(f"Column {text_column!r} of {name} holds {typ} values, not text. Use `text_column` to choose "
+                         f"a text column ({', '.join(f.name for f in schema if pa.types.is_string(f.type)) or 'none'}).")
     if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_null(typ)):
         import warnings
 
@@ -401,6 +404,7 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
 
     started = time.perf_counter()
     opts = options or TagOptions()
+    output = tables.resolve_output(output)
     inputs = tables.expand_inputs(input)
     in_fmt = tables.format_of(inputs, opts.input_format)
     out_fmt = tables.Format(opts.output_format) if opts.output_format else None
@@ -414,12 +418,12 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
                               "name, or `output_format`.")
     # Progress can be committed and resumed only between regular files: a pipe or FIFO given as a
     # path cannot be read twice (fingerprinting it would steal rows from the reader).
-    checkpointed = output != tables.STDIO and all(p != tables.STDIO and tables.is_regular_file(p) for p in inputs)
+    checkpointed = not tables.is_stream(output) and all(p != tables.STDIO and tables.is_regular_file(p) for p in inputs)
     if opts.resume and not checkpointed:
         raise OptionError("`resume` needs an input file and an output file (not stdin/stdout, a pipe or a FIFO).")
     for path in inputs:
         tables.check_output(output, path, opts.overwrite)
-    if output == tables.STDIO and sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
+    if output == tables.STDIO and sys.stdout is not None and sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
         raise OptionError("Refusing to write Parquet to a terminal; write to a file.")
 
     dev = resolve_device(opts.device)
@@ -431,7 +435,7 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
     try:
         if out_fmt is None:  # stdout: the input's format unless told (lines in: CSV out)
             out_fmt = reader.format if reader.format in tables.WRITABLE else tables.Format.CSV
-            if sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
+            if sys.stdout is not None and sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
                 raise OptionError("Refusing to write Parquet to a terminal; give another `output_format`.")
         check_text_column(reader.schema, reader.name, opts.text_column)  # before the model loads: fail fast
         folder = Path(opts.model) if opts.model else default_model_dir()
@@ -439,6 +443,7 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
         opts.check()
         schema = check_columns(reader.schema, reader.name, opts.text_column, labels, opts.prefix,
                                status=opts.min_score is not None)
+        tables.check_writable(schema, out_fmt, output)
         labeler = Labeler(folder, device=opts.device, precision=opts.precision, batch_size=opts.batch_size,
                           max_tokens=opts.max_tokens, max_length=opts.max_length, threads=opts.threads)
         done = None

@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -31,7 +32,8 @@ import pyarrow.parquet as pq
 from emolabel.errors import InputError, OutputError
 
 STDIO = "-"
-CSV_BLOCK = 16 << 20
+CSV_BLOCK = 16 << 20  # the longest CSV row (and JSON line, and text line) that can be read
+HEADER_LIMIT = 1 << 20  # a CSV header longer than this is not a header (/dev/zero, a binary file)
 
 
 class Format(str, Enum):
@@ -139,12 +141,14 @@ def open_input(
             raise InputError(f"Input file {path} does not exist.") from None
         except PermissionError:
             raise InputError(f"Input file {path} cannot be read: permission denied.") from None
+        except OSError as e:  # a symlink loop, a name too long, ...
+            raise InputError(f"Input file {path} cannot be opened: {e.strerror or e}.") from None
     if path != STDIO and path.lower().endswith(".gz"):
-        raw = gzip.open(raw, "rb")  # type: ignore[assignment]
+        raw = _Gunzip(name, raw)  # type: ignore[assignment]
     stream = io.BufferedReader(raw, buffer_size=1 << 20) if not hasattr(raw, "peek") else raw
     if path == STDIO and stream.peek(2)[:2] == b"\x1f\x8b":  # type: ignore[union-attr]
         # gzip on stdin (`zcat` forgotten): its magic bytes tell, so read through it
-        stream = io.BufferedReader(gzip.GzipFile(fileobj=stream), buffer_size=1 << 20)  # type: ignore[arg-type]
+        stream = io.BufferedReader(_Gunzip(name, stream), buffer_size=1 << 20)  # type: ignore[arg-type]
     if fmt is None:
         fmt = format_from_suffix(path) if path != STDIO else None
         if fmt is None:
@@ -180,6 +184,42 @@ def open_input(
         reader.total_bytes = os.fstat(disk.fileno()).st_size if is_regular_file(path) else None
         reader.bytes_read = disk.tell if reader.total_bytes is not None else None  # of a .gz: its compressed bytes
     return reader
+
+
+class _Gunzip(gzip.GzipFile):
+    """gzip.GzipFile whose read errors (not gzip, truncated, corrupt) are InputErrors naming the file."""
+
+    def __init__(self, name: str, fileobj: Any):
+        super().__init__(fileobj=fileobj, mode="rb")
+        self._label = name
+
+    def _fail(self, e: BaseException) -> InputError:
+        return InputError(f"{self._label} is not a readable gzip file ({e or type(e).__name__}). Check the file, or "
+                          "give it without .gz if it is not compressed.")
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return super().read(size)
+        except (OSError, EOFError, zlib.error) as e:
+            raise self._fail(e) from None
+
+    def read1(self, size: int = -1) -> bytes:
+        try:
+            return super().read1(size)
+        except (OSError, EOFError, zlib.error) as e:
+            raise self._fail(e) from None
+
+    def peek(self, n: int) -> bytes:
+        try:
+            return super().peek(n)
+        except (OSError, EOFError, zlib.error) as e:
+            raise self._fail(e) from None
+
+    def readline(self, size: int | None = -1) -> bytes:
+        try:
+            return super().readline(size)
+        except (OSError, EOFError, zlib.error) as e:
+            raise self._fail(e) from None
 
 
 def open_stream(name: str, source: Any, fmt: Format, *, chunk_rows: int = 16384, encoding: str = "utf-8",
@@ -238,6 +278,8 @@ def expand_inputs(inputs: list[str] | str, folders: bool = False, absolute: bool
             return [p]
         if not any(c in p for c in GLOB_CHARS):
             if not is_uri(p) and not os.path.exists(p):
+                if os.path.islink(p):
+                    raise InputError(f"Input file {p} is a symbolic link to nothing (or a loop of links).")
                 raise InputError(f"Input file {p} does not exist.")
             if not is_uri(p) and not folders and os.path.isdir(p):
                 raise InputError(f"{p} is a folder; give files, or a glob such as '{p.rstrip('/')}/*.csv'.")
@@ -478,14 +520,27 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
               detect_types: bool = False, empty_null: bool = False, text_column: str | None = None) -> Reader:
     # Read the header ourselves: every column is then read as a string, so values round-trip
     # exactly and a column cannot fail half-way through a file on a type change.
-    header = stream.readline()
-    while header.count(b'"') % 2 and (more := stream.readline()):  # a quoted newline in the header
-        header += more
+    header = stream.readline(HEADER_LIMIT)
+    while header.count(b'"') % 2 and len(header) < HEADER_LIMIT and (more := stream.readline(HEADER_LIMIT)):
+        header += more  # a quoted newline in the header
+    if len(header) >= HEADER_LIMIT and not header.endswith(b"\n"):
+        if b"\r" in header:
+            raise InputError(f"{name} ends its lines with CR alone (old Mac style); convert them first, e.g. "
+                             f"tr '\\r' '\\n' < {name} > fixed.csv")
+        raise InputError(f"{name}: the first line is longer than {HEADER_LIMIT >> 20} MiB, so it is not a CSV header "
+                         "(is this a CSV file?). Give the right `input_format`, or put the column names first.")
     if header.startswith(codecs.BOM_UTF8):
         header = header[len(codecs.BOM_UTF8) :]
     if not header.strip():
         raise InputError(f"{name} is empty: expected a CSV header row with column names.")
-    names = next(csv.reader([_decode_or_fail(header, encoding, name, "line 1 (the header)")], delimiter=delimiter))
+    text = _decode_or_fail(header, encoding, name, "line 1 (the header)")
+    if "\r" in text.rstrip("\r\n") and "\n" not in text.rstrip("\r\n") and not text.endswith("\n"):
+        raise InputError(f"{name} ends its lines with CR alone (old Mac style); convert them first, e.g. "
+                         f"tr '\\r' '\\n' < {name} > fixed.csv")
+    try:
+        names = next(csv.reader([text], delimiter=delimiter))
+    except csv.Error as e:
+        raise InputError(f"{name}, line 1 (the header) cannot be read as CSV column names: {e}.") from None
     _check_unique(names, name)
 
     invalid: list[Any] = []
@@ -574,7 +629,7 @@ def _open_lines(name: str, stream: IO[bytes], chunk_rows: int, encoding: str) ->
 
     def batches() -> Iterator[pa.RecordBatch]:
         texts: list[str] = []
-        for lineno, raw in enumerate(stream, 1):
+        for lineno, raw in _bounded_lines(stream, name):
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8) :]
             texts.append(_decode_or_fail(raw, encoding, name, f"line {lineno}").removesuffix("\n").removesuffix("\r"))
@@ -612,9 +667,21 @@ def _check_unique(names: list[str], name: str) -> None:
         seen[n] = i
 
 
+def _bounded_lines(stream: IO[bytes], name: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) with a bound: a line longer than CSV_BLOCK is an error naming it, not
+    unbounded memory (/dev/zero, a binary file)."""
+    lineno = 0
+    while line := stream.readline(CSV_BLOCK + 1):
+        lineno += 1
+        if len(line) > CSV_BLOCK:
+            raise InputError(f"{name}, line {lineno} is longer than {CSV_BLOCK >> 20} MB; split such texts first "
+                             "(or is this a binary file?).")
+        yield lineno, line
+
+
 def _open_jsonl(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_error: str) -> Reader:
     skipped: list[int] = []
-    lines = enumerate(stream, 1)
+    lines = _bounded_lines(stream, name)
 
     def parse_chunk() -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -625,6 +692,14 @@ def _open_jsonl(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on
                 continue  # blank lines are not rows
             try:
                 obj = json.loads(_decode_or_fail(raw, encoding, name, f"line {lineno}"))
+                if b"\\ud" in raw.lower():  # maybe a lone surrogate: half a character, which UTF-8 cannot hold
+                    try:
+                        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise InputError(
+                            f"{name}, line {lineno}: a \\uD800-\\uDFFF escape is half of a character pair (a lone "
+                            "surrogate), which text cannot hold. Fix the escape, or pass `on_error` skip to leave "
+                            "such lines out.") from None
                 if not isinstance(obj, dict):
                     kind = type(obj).__name__
                     raise InputError(
@@ -762,9 +837,35 @@ def is_regular_file(path: str) -> bool:
         return False
 
 
+STDOUT_NAMES = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
+
+
+def resolve_output(target: str) -> str:
+    """'-' for stdout under another name; a symbolic link's file (the link is kept, its file is
+    written); any other path as given."""
+    if target in STDOUT_NAMES:
+        return STDIO
+    if target != STDIO and os.path.islink(target):
+        return os.path.realpath(target)
+    return target
+
+
+def is_stream(target: str) -> bool:
+    """An output that is written as a stream, never replaced: stdout, a FIFO, a character device."""
+    import stat
+
+    if target == STDIO:
+        return True
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
 def check_output(target: str, source: str, overwrite: bool) -> None:
     """Refuse up front what would fail or destroy data later; names the path and the fix."""
-    if target == STDIO:
+    if is_stream(target):
         return
     p = Path(target)
     if target.lower().endswith(".gz"):
@@ -780,6 +881,35 @@ def check_output(target: str, source: str, overwrite: bool) -> None:
         raise OutputError(f"{target} already exists. Pass `overwrite` to replace it.")
     if not os.access(p.parent, os.W_OK):
         raise OutputError(f"Cannot write {target}: folder {p.parent} is not writable.")
+
+
+def check_writable(schema: pa.Schema, fmt: Format, target: str) -> None:
+    """Refuse, before any labelling, columns the output format cannot hold (each writer would fail
+    at the first row otherwise, after the input was read)."""
+    import pyarrow.types as t
+
+    def nested(typ: pa.DataType) -> bool:
+        return t.is_list(typ) or t.is_large_list(typ) or t.is_fixed_size_list(typ) or t.is_struct(typ) or (
+            t.is_map(typ) or t.is_union(typ) or getattr(t, "is_list_view", lambda _: False)(typ))
+
+    def binary(typ: pa.DataType) -> bool:
+        return t.is_binary(typ) or t.is_large_binary(typ) or t.is_fixed_size_binary(typ) or t.is_binary_view(typ)
+
+    if fmt is Format.CSV:
+        bad = [f for f in schema if nested(f.type) or t.is_binary_view(f.type) or t.is_string_view(f.type)]
+        fix = "CSV holds flat values only: write Parquet or JSON Lines"
+    elif fmt is Format.JSONL:
+        bad = [f for f in schema if binary(f.type)]
+        fix = "JSON has no bytes: write Parquet, or CSV"
+        dup = sorted({n for n in schema.names if schema.names.count(n) > 1})
+        if dup:
+            raise OutputError(f"Cannot write {display_name(target)}: column(s) {', '.join(map(repr, dup))} appear "
+                              "more than once, and a JSON object has one value a key. Write Parquet or CSV.")
+    else:
+        bad = []
+    if bad:
+        raise OutputError(f"Cannot write {display_name(target)}: column(s) "
+                          f"{', '.join(f'{f.name!r} ({f.type})' for f in bad)}: {fix}.")
 
 
 class TableWriter:
@@ -841,6 +971,25 @@ class TableWriter:
             self._writer.close()
 
 
+def _remove_stale_temps(target: Path) -> None:
+    """Temporary files of runs to `target` that were killed (kill -9, power loss) before cleaning
+    up: their process (the pid in the name) is gone, so nobody will finish them."""
+    for stray in target.parent.glob(f".{target.name}.*.emolabel-tmp"):
+        pid = stray.name[len(target.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stray.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 class Writer:
     """Writes batches incrementally to a temporary file and renames it into place on commit()."""
 
@@ -849,26 +998,35 @@ class Writer:
         self.format = fmt
         self.schema = schema
         self.tmp: Path | None = None
-        if target == STDIO:
+        self._out: IO[bytes] | None = None  # a stream target: where the rows go (stdout, a FIFO)
+        if is_stream(target):
+            if target == STDIO and sys.stdout is None:
+                raise OutputError("stdout is closed, so the rows have nowhere to go; give `output` FILE.")
+            self._out = sys.stdout.buffer if target == STDIO else open(target, "wb")  # noqa: SIM115
             if fmt is Format.PARQUET:  # Parquet needs a seekable file: spool, copy at the end
                 self._file: IO[bytes] = tempfile.TemporaryFile(prefix="emolabel-out-")
             else:
-                self._file = sys.stdout.buffer
+                self._file = self._out
         else:
             p = Path(target)
+            _remove_stale_temps(p)
             try:
-                fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".emolabel-tmp", dir=p.parent)
+                fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{os.getpid()}.", suffix=".emolabel-tmp", dir=p.parent)
             except OSError as e:
                 raise OutputError(f"Cannot write {target}: {e.strerror or e}.") from None
             self.tmp = Path(tmp)
             self._file = os.fdopen(fd, "wb")
-        self._writer = TableWriter(self._file, fmt, schema, default_delimiter(target))
+        self._writer: Any = None
+        try:
+            self._writer = TableWriter(self._file, fmt, schema, default_delimiter(target))  # CSV writes its header now
+        except OSError as e:
+            raise self._os_error(e) from None
 
     def write(self, batch: pa.RecordBatch, stats: dict | None = None) -> None:
         """Append a batch (`stats` is for CheckpointWriter's interface and unused here)."""
         try:
             self._writer.write(batch)
-            if self._file is sys.stdout.buffer:  # `| head` sees rows as soon as they are labelled
+            if self._file is self._out:  # `| head` sees rows as soon as they are labelled
                 self._file.flush()
         except OSError as e:
             raise self._os_error(e) from None
@@ -888,11 +1046,15 @@ class Writer:
                 os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a new file gets the usual mode
                 os.replace(self.tmp, self.target)
                 self.tmp = None
-            elif self.format is Format.PARQUET:
-                self._file.seek(0)
-                shutil.copyfileobj(self._file, sys.stdout.buffer, 1 << 20)
-                sys.stdout.buffer.flush()
-                self._file.close()
+            else:  # a stream
+                assert self._out is not None
+                if self._file is not self._out:  # spooled Parquet
+                    self._file.seek(0)
+                    shutil.copyfileobj(self._file, self._out, 1 << 20)
+                    self._file.close()
+                self._out.flush()
+                if self._out is not sys.stdout.buffer:
+                    self._out.close()
         except OSError as e:
             self.abort()
             if isinstance(e, BrokenPipeError):
@@ -901,7 +1063,10 @@ class Writer:
 
     def abort(self, keep: bool = False) -> None:
         """Drop everything written so far; the target path is left as it was (`keep`: unused)."""
-        for close in (getattr(self._writer, "close", None), self._file.close):
+        closers = [getattr(self._writer, "close", None), self._file.close]
+        if self._out is not None and self._out is not sys.stdout.buffer:
+            closers.append(self._out.close)
+        for close in closers:
             try:
                 if close is not None and self._file is not sys.stdout.buffer:
                     close()
@@ -917,9 +1082,10 @@ class Writer:
         self.abort()
         import errno
 
+        where = "stdout" if self.target == STDIO else self.target
         if e.errno == errno.ENOSPC:
-            return OutputError(f"Disk full while writing {self.target}; nothing was written there.")
-        return OutputError(f"Cannot write {self.target}: {e.strerror or e}. Nothing was written there.")
+            return OutputError(f"Disk full while writing {where}; nothing was written there.")
+        return OutputError(f"Cannot write {where}: {e.strerror or e}. Nothing was written there.")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -48,6 +49,14 @@ CASES = [
     ("unicode.csv", "id,text\n1,i feel 😂😭 so happy\n2,我很高兴\n3,אני שמח מאוד\n4,zero\u200bwidth\u200djoin\n".encode(), 0, 4),
     ("numbers.csv", b"id,text\n1,42\n2,3.14\n3,\n", 0, 3),
     ("mixed.jsonl", b'{"text":"a","n":1}\n{"text":"b","n":"x"}\n{"n":2}\n{"text":null}\n', 0, 4),
+    # tracebacks before: each is now a message naming the file (and the line) and the fix
+    ("cr_only.csv", b"id,text\r1,a\r2,b\r", 1, "ends its lines with CR alone (old Mac style)"),
+    ("surrogate.jsonl", b'{"text": "a\\ud800b"}\n', 1, "line 1: a \\uD800-\\uDFFF escape is half of a character pair"),
+    ("bad.csv.gz", b"not gzip at all", 1, "is not a readable gzip file"),
+    ("cut.csv.gz", __import__("gzip").compress(b"id,text\n" + b"".join(b"%d,hi %d\n" % (i, i * 7919 % 10007)
+                                                                      for i in range(5000)))[:4000], 1,
+     "is not a readable gzip file (Compressed file ended"),
+    ("wide_header.csv", b"id," + b'"' + b"x" * 200_000 + b'"' + b"\n1,a\n", 1, "(the header) cannot be read as CSV column names"),
 ]
 
 
@@ -220,3 +229,101 @@ def test_stdin_needs_no_format_when_it_can_be_told(tiny_model):
     r = run_cli("tag", "-", "--model", str(tiny_model), input=b'{"text": "i feel happy"}\n')
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["emotion"] in EMOTIONS
+
+
+def test_endless_inputs_are_refused_in_bounded_memory(tmp_path, tiny_model):
+    """/dev/zero as CSV reached 21 GB in 30 s: the header and each line now have a bound."""
+    for fmt, expect in (("csv", "the first line is longer than 1 MiB"), ("jsonl", "line 1 is longer than 16 MB"),
+                        ("lines", "line 1 is longer than 16 MB")):
+        r = run_cli("tag", "/dev/zero", "--input-format", fmt, "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model))
+        assert r.returncode == 1 and expect in r.stderr.decode() and b"Traceback" not in r.stderr, r.stderr
+
+
+def test_symlink_loop_and_nested_columns_are_named(tmp_path, tiny_model):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    assert_fails(tag(tiny_model, tmp_path / "a", "--input-format", "csv"), "symbolic link to nothing (or a loop")
+    src = tmp_path / "nested.parquet"
+    pq.write_table(pa.table({"text": ["hi", "yo"], "l": [[1, 2], [3]], "s": [{"a": 1}, {"a": 2}],
+                             "b": [b"x", b"y"]}), src)
+    r = tag(tiny_model, src, out=str(tmp_path / "o.csv"))
+    assert_fails(r, "column(s) 'l' (list<element: int64>), 's' (struct<a: int64>): CSV holds flat values only")
+    assert_fails(tag(tiny_model, src, out=str(tmp_path / "o.jsonl")), "column(s) 'b' (binary): JSON has no bytes")
+    ok = tag(tiny_model, src, out=str(tmp_path / "o.parquet"))
+    assert ok.exit_code == 0 and pq.read_table(tmp_path / "o.parquet").column("l").to_pylist() == [[1, 2], [3]]
+    pq.write_table(pa.table({"text": [["hi"], ["yo"]]}), tmp_path / "listtext.parquet")
+    assert_fails(tag(tiny_model, tmp_path / "listtext.parquet", out=str(tmp_path / "p.parquet")),
+                 "holds list<element: string> values, not text")
+    assert not list(tmp_path.glob(".o.*")) and not list(tmp_path.glob("o.csv*"))
+
+
+def test_outputs_that_are_not_plain_files(tmp_path, tiny_model):
+    """-o /dev/stdout asked for --overwrite; a symlink or FIFO output was replaced by a regular file."""
+    src = tmp_path / "in.csv"
+    src.write_text("text\ni feel happy\nso sad\n")
+    r = run_cli("tag", str(src), "-o", "/dev/stdout", "--model", str(tiny_model))
+    assert r.returncode == 0 and r.stdout.decode().count("\n") == 3, r.stderr
+    real = tmp_path / "real.csv"
+    (tmp_path / "link.csv").symlink_to(real)
+    r = run_cli("tag", str(src), "-o", str(tmp_path / "link.csv"), "--model", str(tiny_model))
+    assert r.returncode == 0 and (tmp_path / "link.csv").is_symlink() and real.read_text().count("\n") == 3
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    import threading
+
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    r = run_cli("tag", str(src), "-o", str(fifo), "--model", str(tiny_model))
+    reader.join()
+    assert r.returncode == 0, r.stderr
+    assert fifo.is_fifo() and got[0].count(b"\n") == 3
+
+
+def test_closed_or_full_streams(tmp_path, tiny_model):
+    """A closed stderr gave exit 1 although the output was written; /dev/full and a closed stdout
+    gave tracebacks."""
+    src = tmp_path / "in.csv"
+    src.write_text("text\ni feel happy\n")
+    model = str(tiny_model)
+    cmd = [sys.executable, "-m", "emolabel", "tag", str(src), "--model", model]
+    r = subprocess.run([*cmd, "-o", str(tmp_path / "o.csv")], stderr=subprocess.DEVNULL, timeout=PATIENCE,
+                       preexec_fn=lambda: os.close(2))
+    assert r.returncode == 0 and (tmp_path / "o.csv").exists()
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([*cmd, "-o", "-"], stdout=full, stderr=subprocess.PIPE, timeout=PATIENCE)
+    assert r.returncode == 1 and b"Disk full while writing stdout" in r.stderr and b"Traceback" not in r.stderr
+    r = subprocess.run([*cmd, "-o", "-"], stderr=subprocess.PIPE, timeout=PATIENCE, preexec_fn=lambda: os.close(1))
+    assert r.returncode == 1 and b"stdout is closed" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_temporary_files_of_a_killed_run_are_cleaned_by_the_next(tmp_path, tiny_model):
+    src = tmp_path / "in.csv"
+    src.write_text("text\ni feel happy\n")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".o.csv.{dead.pid}.abc123.emolabel-tmp"
+    mine = tmp_path / f".o.csv.{os.getpid()}.def456.emolabel-tmp"  # a live process's: kept
+    stale.write_bytes(b"half")
+    mine.write_bytes(b"half")
+    r = tag(tiny_model, src, out=str(tmp_path / "o.csv"))
+    assert r.exit_code == 0 and not stale.exists() and mine.exists()
+
+
+def test_a_second_ctrl_c_during_clean_up_gives_no_traceback(tmp_path, tiny_model):
+    import signal
+    import time
+
+    src = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"text": [f"i feel happy {i} " * 8 for i in range(100_000)]}), src)
+    proc = subprocess.Popen([sys.executable, "-m", "emolabel", "tag", str(src), "-o", str(tmp_path / "out.csv"),
+                             "--model", str(tiny_model), "--chunk-rows", "500"], stderr=subprocess.PIPE)
+    progress = tmp_path / ".out.csv.emolabel-resume" / "progress.json"
+    end = time.time() + PATIENCE
+    while not progress.exists() and proc.poll() is None and time.time() < end:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=PATIENCE)
+    assert proc.returncode == 130 and b"Interrupted" in err and b"Traceback" not in err, err
