@@ -615,11 +615,44 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
                 return
             except pa.ArrowException as e:
                 raise explain(e) from None
+            if not warned:
+                warned.extend(_rows_in_a_field(batch, delimiter, len(names), name, seen[0]))
+            seen[0] += batch.num_rows
             yield batch
 
+    warned: list[bool] = []
+    seen = [0]
     out = Reader(name, Format.CSV, reader.schema, None, rechunk(batches(), chunk_rows), skipped)
     out._closers.append(reader.close)
     return out
+
+
+def _rows_in_a_field(batch: pa.RecordBatch, delimiter: str, n_columns: int, name: str, start: int) -> list[bool]:
+    """Warn (once) when a quoted field spans lines that look like rows of this file: a stray
+    quote that closes later merges the rows between into one text, which CSV cannot tell from a
+    real multi-line text. [True] if it warned."""
+    import pyarrow.compute as pc
+
+    if n_columns < 2:
+        return []
+    for col in batch.columns:
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            continue
+        hits = pc.indices_nonzero(pc.fill_null(pc.match_substring(col, "\n"), False)).to_pylist()
+        for i in hits:
+            inner = col[i].as_py().split("\n")[1:]
+            rowlike = [line for line in inner if line.count(delimiter) >= n_columns - 1]
+            if rowlike:
+                import warnings
+
+                from emolabel.errors import EmolabelWarning
+
+                warnings.warn(EmolabelWarning(
+                    f"{name}, data row {start + i + 1}: a quoted text spans {len(inner) + 1} lines, and "
+                    f"{len(rowlike)} of them look like rows of this file ({rowlike[0][:60]!r}). If a stray quote "
+                    "merged rows, fix it: every row is labelled as read."), stacklevel=2)
+                return [True]
+    return []
 
 
 def _open_lines(name: str, stream: IO[bytes], chunk_rows: int, encoding: str) -> Reader:

@@ -114,3 +114,39 @@ def test_the_first_chunk_is_small_so_output_starts_within_seconds(tmp_path, tiny
     rec = Record()
     tag_file(str(src), str(tmp_path / "out.csv"), model=str(tiny_model), chunk_rows=1000, progress=rec)
     assert rec.rows == [FIRST_CHUNK, 1000 - FIRST_CHUNK, 1000, 1000]
+
+
+def test_a_huge_text_is_tokenized_in_part_with_the_same_result(tiny_model):
+    """A 50 MB line was tokenized whole (7 GB) before truncation to max_length tokens."""
+    import numpy as np
+
+    from emolabel.inference import HUGE, Labeler
+
+    lab = Labeler(tiny_model, device="cpu", precision="fp32")
+    words = "i feel so happy today but sad angry love afraid".split()
+    huge = " ".join(words[i % len(words)] for i in range(400_000))  # ~2 MB: past HUGE, far past the cut
+    assert len(huge) > HUGE
+    spaces = " " * 100_000 + "i feel sad"  # the cut text is empty: the whole text decides
+    probs = lab.predict_proba([huge, huge[:5000], spaces, "i feel sad"])
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-6)
+    np.testing.assert_allclose(probs[2], probs[3], atol=1e-6)
+    prepared = lab.prepare(__import__("pyarrow").array([huge, "i feel sad"]))
+    assert list(prepared.cut) == [0]  # counted as truncated, as before
+
+
+def test_a_quoted_text_holding_row_like_lines_is_warned_about(tmp_path, tiny_model):
+    """A stray quote that closes later merged rows into one text, exit 0 and no word."""
+    import warnings
+
+    from emolabel import tag_file
+
+    stray = tmp_path / "stray.csv"
+    stray.write_text('id,text\n1,ok\n2,"broken start\n3,fine\n4,fine"\n5,also fine\n')
+    with pytest.warns(EmolabelWarning, match=r"data row 2: a quoted text spans 3 lines, and 2 of them look like rows"):
+        s = tag_file(str(stray), str(tmp_path / "o.csv"), model=str(tiny_model))
+    assert s.rows == 3  # every row as read: the warning says what may be wrong, nothing is changed
+    real = tmp_path / "real.csv"
+    real.write_text('id,text\n1,"a poem\nin two lines"\n2,"she said, ""hi""\nand left"\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EmolabelWarning)  # real multi-line texts: no warning
+        tag_file(str(real), str(tmp_path / "r.csv"), model=str(tiny_model))
