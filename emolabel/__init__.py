@@ -8,6 +8,7 @@ The public API is import-light: torch loads only when a model does.
     ['joy']
     >>> labeler.predict_proba(["i feel wonderful today"])   # (n, 6) float32, labeler.labels order
     >>> emolabel.tag_file("posts.csv", "posts.parquet", text_column="body")  # what `emolabel tag` does
+    >>> emolabel.label_frame(df, text_column="body")  # a Polars/pandas frame with the label columns
 """
 
 from __future__ import annotations
@@ -45,4 +46,13 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
     return engines.run(engines.make(engine) if isinstance(engine, str) else engine, input, output, opts, progress)
 
 
-__all__ = ["__version__", "load", "tag_file"]
+def label_frame(frame: Any, text_column: str = "text", model: str | None = None, min_score: float | None = None,
+                prefix: str = "emotion", labeler: Labeler | None = None) -> Any:
+    """A Polars or pandas DataFrame (or pyarrow Table) with `tag`'s label columns added: a new
+    frame of the same kind, rows in order. Pass `labeler` (from load()) to reuse a loaded model."""
+    from emolabel.pipeline import label_frame as run
+
+    return run(frame, labeler or load(model), text_column, prefix, min_score)
+
+
+__all__ = ["__version__", "label_frame", "load", "tag_file"]

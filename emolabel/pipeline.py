@@ -108,7 +108,8 @@ def check_text_column(schema: pa.Schema, name: str, text_column: str) -> None:
     if pa.types.is_nested(typ):
         raise InputError(f"Column {text_column!r} of {name} holds {typ} values, not text. Use `text_column` to choose "
                          f"a text column ({', '.join(f.name for f in schema if pa.types.is_string(f.type)) or 'none'}).")
-    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_null(typ)):
+    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
+            or pa.types.is_null(typ)):
         import warnings
 
         from emolabel.errors import EmolabelWarning
@@ -211,6 +212,47 @@ def tag(
     summary.seconds = time.perf_counter() - start
     summary.skipped_lines = list(reader.skipped)
     return summary
+
+
+def label_frame(frame: Any, labeler: Labeler, text_column: str = "text", prefix: str = DEFAULT_PREFIX,
+                min_score: float | None = None, chunk_rows: int = 8192) -> Any:
+    """A Polars or pandas DataFrame (or a pyarrow Table) with the label columns of `tag` added
+    after its own, rows in order: a new frame of the same kind (the input is not changed)."""
+    from emolabel.labels import label_columns
+
+    module = type(frame).__module__.split(".")[0]
+    if module == "polars":
+        texts = frame.get_column(text_column).to_arrow() if text_column in frame.columns else None
+        names = list(frame.columns)
+    elif module == "pandas":
+        texts = pa.array(frame[text_column], from_pandas=True) if text_column in frame.columns else None
+        names = [str(c) for c in frame.columns]
+    elif isinstance(frame, pa.Table):
+        texts = frame.column(text_column) if text_column in frame.column_names else None
+        names = frame.column_names
+    else:
+        raise TypeError(f"label_frame takes a Polars or pandas DataFrame or a pyarrow Table, not {type(frame).__name__}")
+    schema = pa.schema([pa.field(n, texts.type if n == text_column and texts is not None else pa.null())
+                        for n in names])
+    check_columns(schema, "the frame", text_column, labeler.labels, prefix, min_score is not None)
+    assert texts is not None  # check_columns refused a missing column
+    texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+    parts = [label_columns(labeler.run(labeler.prepare(texts.slice(i, chunk_rows))), labeler.labels, prefix,
+                           min_score) for i in range(0, len(texts), chunk_rows)] or [
+        label_columns(labeler.run(labeler.prepare(texts)), labeler.labels, prefix, min_score)]
+    added = pa.table({name: pa.chunked_array([part[name] for part in parts]) for name in parts[0]})
+    if module == "polars":
+        import polars as pl
+
+        return frame.hstack(pl.from_arrow(added).get_columns())
+    if module == "pandas":
+        new = added.to_pandas()
+        new.index = frame.index
+        return frame.assign(**{name: new[name] for name in added.column_names})
+    out = frame
+    for name in added.column_names:
+        out = out.append_column(name, added.column(name))
+    return out
 
 
 FIRST_CHUNK = 256  # rows: the first output (a progress bar, `| head`) comes within seconds, not a chunk's time
