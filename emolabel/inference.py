@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from emolabel import batching
 from emolabel import model as model_lib
 from emolabel.config import PRECISIONS, TOKENIZER_NAME, available_cpus
 from emolabel.errors import ModelError, OptionError
@@ -201,36 +202,12 @@ class Labeler:
         valid = np.flatnonzero(keep_np)
         strs = pc.filter(norm, keep).to_pylist()
         encs = self.encoder.encode(strs)
-        lengths = np.fromiter((len(e) for e in encs), dtype=np.int64, count=len(encs))
         cut = valid[np.fromiter((bool(e.overflowing) for e in encs), dtype=bool, count=len(encs))]
-        flat = np.fromiter((i for e in encs for i in e.ids), dtype=np.int64, count=int(lengths.sum()))
-        starts = np.zeros(len(encs), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
-        order = np.argsort(lengths, kind="stable")
-        batches = []
-        pad = self.config.pad_token_id
-        for sel in self._plan(lengths[order]):
-            idx = order[sel]
-            width = int(lengths[idx].max())
-            pos = np.arange(width)
-            mask = pos[None, :] < lengths[idx][:, None]  # (batch, width)
-            gather = np.minimum(starts[idx][:, None] + pos[None, :], max(len(flat) - 1, 0))
-            ids = np.where(mask, flat[gather], pad)
-            batches.append((ids, mask.astype(np.int64)))
+        tokens = batching.Tokens.from_ids([e.ids for e in encs])
+        order = np.argsort(tokens.lengths, kind="stable")
+        plan = batching.plan(tokens.lengths[order], self.batch_size, self.max_tokens)
+        batches = [batching.pad(tokens, order[sel], self.config.pad_token_id) for sel in plan]
         return Prepared(len(texts), valid[order], batches, cut)
-
-    def _plan(self, sorted_lengths: np.ndarray) -> list[slice]:
-        """Cut ascending lengths into batches of <= batch_size rows and <= max_tokens padded tokens."""
-        out = []
-        start = 0
-        n = len(sorted_lengths)
-        while start < n:
-            end = start + 1
-            while end < n and end - start < self.batch_size and (end - start + 1) * sorted_lengths[end] <= self.max_tokens:
-                end += 1
-            out.append(slice(start, end))
-            start = end
-        return out
 
     # -- model side -------------------------------------------------------------------------
 
