@@ -119,6 +119,12 @@ def parse_source(spec: str) -> Source:
     return Source(path, w)
 
 
+def as_sources(x: str | Source | list[str | Source]) -> list[Source]:
+    """One or several tables, as paths, `PATH@WEIGHT` specs or Sources."""
+    items = x if isinstance(x, list | tuple) else [x]
+    return [i if isinstance(i, Source) else parse_source(i) for i in items]
+
+
 @dataclass
 class SourceData:
     """A source's labelled rows, with where they came from."""
@@ -127,11 +133,15 @@ class SourceData:
     data: LabelledData
     sha256: str
 
+    @property
+    def rows_per_epoch(self) -> int:
+        return epoch_count(len(self.data.texts), self.source.weight)
+
     def record(self) -> dict:
         """For training.json: enough to tell later exactly what was trained on."""
         return {"path": self.source.path, "sha256": self.sha256, "rows": len(self.data.texts),
                 "rows_without_text": self.data.dropped, "weight": self.source.weight,
-                "rows_per_epoch": epoch_count(len(self.data.texts), self.source.weight)}
+                "rows_per_epoch": self.rows_per_epoch}
 
 
 def load_sources(sources: list[Source], fmt: str | None, text_column: str, label_column: str,

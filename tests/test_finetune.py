@@ -222,3 +222,26 @@ def test_a_failed_finetune_leaves_no_folder_that_blocks_the_rerun(tmp_path, tiny
     r = invoke("finetune", str(train), "--validation", str(valid), "-o", str(out), "--base", str(tmp_path / "nope"))
     assert r.exit_code == 1 and "Cannot load base encoder" in r.stderr
     assert not out.exists()
+
+
+def test_a_seeded_finetune_trains_on_the_batches_it_did(tmp_path, tiny_base, data, monkeypatch):
+    """The same seed, the same batches in the same order: pinned from train._batches before batching.py."""
+    import emolabel.train as train_lib
+
+    seen = []
+    loss = train_lib._loss
+
+    def spy(model, tokens, y, soft, rows, *args):
+        seen.append(rows.tolist())
+        return loss(model, tokens, y, soft, rows, *args)
+
+    monkeypatch.setattr(train_lib, "_loss", spy)
+    train, valid = data
+    finetune(str(train), str(valid), tmp_path / "m", base=str(tiny_base), device="cpu",
+             train_config=TrainConfig(epochs=2, batch_size=8), model_options={"head_hidden": [16], "max_length": 32})
+    assert seen == [
+        [12, 0, 6, 30, 13, 10, 28, 16], [31, 22, 4, 18, 24, 7, 34, 19], [17, 5, 35, 29, 23, 11, 1, 25],
+        [2, 32, 8, 26], [27, 3, 15, 21, 33, 9, 20, 14],  # epoch 1
+        [29, 17, 5, 23, 11, 35, 31, 12], [18, 30, 1, 28, 34, 25, 13, 6], [14, 20, 32, 8],
+        [27, 3, 33, 9, 21, 15, 26, 2], [22, 0, 7, 4, 19, 24, 10, 16],  # epoch 2
+    ]
