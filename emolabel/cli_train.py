@@ -113,6 +113,7 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
 
 
     console = Console(stderr=True, quiet=quiet, highlight=False)
+    progress = TrainProgress(console, quiet)
     try:
         hidden = [int(h) for h in head_hidden.split(",") if h.strip()]
     except ValueError:
@@ -142,9 +143,6 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
         if kind == "start":
             console.print(f"training on {event['train_rows']:,} rows, validating on {event['valid_rows']:,}; "
                           f"{event['epochs']} epochs, {event['steps']:,} steps on {event['device']}")
-        elif kind == "step" and console.is_terminal:
-            console.print(f"  epoch {event['epoch']} step {event['step']:,}/{event['steps']:,} "
-                          f"loss {event['loss']:.4f} {event['rows_per_s']:,.0f} rows/s", end="\r")
         elif kind == "epoch":
             console.print(f"epoch {event['epoch']}: train loss {event['train_loss']:.4f}, validation accuracy "
                           f"{event['valid_accuracy']:.2%}, macro-F1 {event['valid_macro_f1']:.4f}, objective "
@@ -162,6 +160,7 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
             console.print(f"saved {event['out']}: best epoch {event['best_epoch']}, validation accuracy "
                           f"{event['valid_accuracy']:.2%}, macro-F1 {event['valid_macro_f1']:.4f}, "
                           f"temperature {event['temperature']:.2f}")
+        progress.event(event)
 
     import shutil
     import signal
@@ -178,18 +177,21 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     saved = False
     try:
-        info = run(list(train), list(valid), out, base=base, text_column=text_column, label_column=label_column,
-                   labels=_labels_option(labels), input_format=input_format, model_options=options,
-                   train_config=cfg, device=device, save_dtype=save_dtype, on_event=on_event,
-                   teachers=list(teachers) or None, teacher_logits=teacher_logits,
-                   save_teacher_logits=save_teacher_logits, objective=objective,
-                   command="emolabel finetune " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "")
+        with progress:
+            info = run(list(train), list(valid), out, base=base, text_column=text_column, label_column=label_column,
+                       labels=_labels_option(labels), input_format=input_format, model_options=options,
+                       train_config=cfg, device=device, save_dtype=save_dtype, on_event=on_event,
+                       teachers=list(teachers) or None, teacher_logits=teacher_logits,
+                       save_teacher_logits=save_teacher_logits, objective=objective,
+                       command="emolabel finetune " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "")
         saved = True
     except EmolabelError as e:
         raise to_click(e) from None
     except KeyboardInterrupt:
-        console.print("[bold red]Interrupted[/] before the first epoch finished: no model was saved.")
-        sys.exit(128 + (got[0] if got else signal.SIGINT))
+        signum = got[0] if got else signal.SIGINT
+        console.print(f"[bold red]Interrupted[/] ({signal.Signals(signum).name}) before the first epoch finished: "
+                      "no model was saved.", soft_wrap=True)
+        sys.exit(128 + signum)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
@@ -230,39 +232,72 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
       emolabel eval test.csv --predictions wrong-or-right.csv
     """
     from rich.console import Console
-    from rich.table import Table
 
+    from emolabel.cli import Interrupted, _signals_raise
     from emolabel.config import ModelConfig, default_model_dir
     from emolabel.data import Source, load_sources
-    from emolabel.evaluate import evaluate_tables, plotting_available, write_predictions, write_report
+    from emolabel.evaluate import (
+        evaluate_tables,
+        plotting_available,
+        rows_to_score,
+        write_predictions,
+        write_report,
+    )
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # no wrapping in files
     err = Console(stderr=True, quiet=quiet, highlight=False)
     if report and not plotting_available():
         raise click.ClickException("--report draws pictures with matplotlib, which is not installed: "
                                    "pip install 'emolabel[report]' (or leave out --report).")
+    progress = EvalProgress(err, quiet)
+    wrote: list[str] = []  # for the message if a signal comes: what is whole on disk
+    reporting = False
     try:
-        folder = Path(model_dir) if model_dir else default_model_dir()
-        labels = ModelConfig.load(folder).labels  # the label set, without loading the model
-        data, _ = load_sources([Source(t) for t in tests], input_format, text_column, label_column, labels)
-        err.print(f"loading {folder}")
-        from emolabel.inference import Labeler
+        with _signals_raise():  # SIGINT and SIGTERM end it as they end tag: a message, 128 + the signal
+            folder = Path(model_dir) if model_dir else default_model_dir()
+            labels = ModelConfig.load(folder).labels  # the label set, without loading the model
+            data, _ = load_sources([Source(t) for t in tests], input_format, text_column, label_column, labels)
+            err.print(f"loading {folder}")
+            from emolabel.inference import Labeler
 
-        labeler = Labeler(folder, device=device, precision=precision, batch_size=batch_size)
-        result, probs = evaluate_tables(labeler, data, styles=styles, on_table=lambda t: err.print(
-            f"scored {t['path']} ({t['rows']:,} rows): accuracy {t['accuracy']:.2%}"))
-        if predictions:
-            write_predictions(predictions, data, probs, labeler.labels)
+            labeler = Labeler(folder, device=device, precision=precision, batch_size=batch_size)
+
+            def scored(t: dict[str, Any]) -> None:
+                err.print(f"scored {t['path']} ({t['rows']:,} rows): accuracy {t['accuracy']:.2%}")
+
+            with progress:
+                progress.start(rows_to_score(data, styles))
+                result, probs = evaluate_tables(labeler, data, styles=styles, on_table=scored,
+                                                on_rows=progress.advance)
+            if predictions:
+                write_predictions(predictions, data, probs, labeler.labels)
+                wrote.append(predictions)
+            _print_eval(console, folder.name, result, labeler.labels, styles)
+            if report:
+                reporting = True
+                for p in write_report(result, Path(report)):
+                    err.print(f"wrote {p}")
+                reporting = False
+            if predictions:
+                err.print(f"wrote {predictions}")
     except EmolabelError as e:
         raise to_click(e) from None
-    except KeyboardInterrupt:
-        err.print("[bold red]Interrupted[/]: nothing was written.")
-        sys.exit(130)
+    except Interrupted as e:
+        done = [f"wrote {', '.join(wrote)}"] if wrote else []
+        if reporting:
+            done.append(f"the report in {report} may be incomplete")
+        err.print(f"[bold red]Interrupted[/] ({e}): {'; '.join(done) or 'nothing was written'}.", soft_wrap=True)
+        sys.exit(128 + e.signum)
 
-    names = labeler.labels
+
+def _print_eval(console: Any, model_name: str, result: dict[str, Any], names: list[str], styles: bool) -> None:
+    """eval's tables on stdout: per class (one table) or per table with the mean (several); --min-score's
+    coverage and accuracy; the styled rewrites."""
+    from rich.table import Table
+
     if len(result["tables"]) == 1:
         m = result["tables"][0]
-        t = Table(title=f"{folder.name} on {m['path']} ({m['rows']:,} rows)")
+        t = Table(title=f"{model_name} on {m['path']} ({m['rows']:,} rows)")
         for col in ("label", "precision", "recall", "F1", "support"):
             t.add_column(col, justify="left" if col == "label" else "right")
         for name, c in m["per_class"].items():
@@ -278,7 +313,7 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
         console.print(f"accuracy {m['accuracy']:.2%}   macro-F1 {m['macro_f1']:.4f}   ECE {m['ece']:.4f}"
                       + (f"   rows without text {m['rows_without_text']}" if m["rows_without_text"] else ""))
     else:
-        t = Table(title=f"{folder.name} on {len(result['tables'])} tables")
+        t = Table(title=f"{model_name} on {len(result['tables'])} tables")
         for col in ("table", "rows", "accuracy", "macro-F1", *(f"F1 {n[:8]}" for n in names), "ECE"):
             t.add_column(col, justify="left" if col == "table" else "right")
         for m in result["tables"]:
@@ -304,8 +339,106 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
                 st.add_row(Path(m["path"]).name, name, f"{sm['accuracy']:.2%}",
                            f"{100 * (m['accuracy'] - sm['accuracy']):.2f}", f"{sm['macro_f1']:.4f}")
         console.print(st)
-    if report:
-        for p in write_report(result, Path(report)):
-            err.print(f"wrote {p}")
-    if predictions:
-        err.print(f"wrote {predictions}")
+
+
+class TrainProgress:
+    """finetune's progress on stderr when it is a terminal: a bar over the training steps with the
+    loss and an ETA, then each validation. Fed finetune's events; silent off a terminal or with
+    --quiet, where the log lines are the record. The counts are kept either way."""
+
+    def __init__(self, console: Any, quiet: bool = False):
+        self.console = console
+        self.on = not quiet and console.is_terminal
+        self.step = 0
+        self.steps = 0
+        self.epochs = 0
+        self.loss: float | None = None
+        self.phase = ""  # what it is doing: "epoch 2/8", "validating epoch 2", "calibrating"
+        self._progress: Any = None
+
+    def __enter__(self) -> TrainProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def event(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "start":
+            self.steps, self.epochs, self.phase = event["steps"], event["epochs"], f"epoch 1/{event['epochs']}"
+            self._start()
+        elif kind == "step":
+            self.step, self.loss, self.phase = event["step"], event["loss"], f"epoch {event['epoch']}/{self.epochs}"
+        elif kind == "validate":
+            self.phase = f"validating epoch {event['epoch']} ({event['rows']:,} rows)"
+        elif kind == "epoch" and event["epoch"] < self.epochs:
+            self.phase = f"epoch {event['epoch'] + 1}/{self.epochs}"
+        elif kind == "calibrate":
+            self.phase = "calibrating"
+        elif kind in ("done", "early_stop", "interrupted"):
+            self.stop()
+        self._show()
+
+    def _start(self) -> None:
+        if not self.on or self._progress is not None:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                  TextColumn("step {task.completed:,.0f}/{task.total:,.0f}  {task.fields[loss]}"),
+                                  TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
+        self._progress.add_task(self.phase, total=self.steps, loss="")
+        self._progress.start()
+
+    def _show(self) -> None:
+        if self._progress is None:
+            return
+        loss = f"loss {self.loss:.4f}" if self.loss is not None else ""
+        self._progress.update(self._progress.task_ids[0], completed=self.step, description=self.phase, loss=loss)
+        self._progress.refresh()
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+class EvalProgress:
+    """eval's progress on stderr when it is a terminal: rows scored of all tables (and their styled
+    rewrites), the one being scored, and an ETA. Silent off a terminal or with --quiet."""
+
+    def __init__(self, console: Any, quiet: bool = False):
+        self.console = console
+        self.on = not quiet and console.is_terminal
+        self.rows = 0
+        self.total = 0
+        self.what = ""  # the table (and style) being scored
+        self._progress: Any = None
+
+    def __enter__(self) -> EvalProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def start(self, total: int) -> None:
+        self.total = total
+        if not self.on:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._progress = Progress(TextColumn("scoring {task.description}"), BarColumn(),
+                                  TextColumn("{task.completed:,.0f}/{task.total:,.0f} rows"),
+                                  TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
+        self._progress.add_task("", total=total)
+        self._progress.start()
+
+    def advance(self, what: str, rows: int) -> None:
+        """`rows` more scored, of `what` (evaluate_tables' on_rows)."""
+        self.rows += rows
+        self.what = what
+        if self._progress is not None:
+            self._progress.update(self._progress.task_ids[0], completed=self.rows, description=Path(what).name)
+            self._progress.refresh()

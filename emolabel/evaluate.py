@@ -4,6 +4,7 @@ eval over one or several labelled tables, with its report (metrics.json and pict
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,24 +100,30 @@ def evaluate_probs(probs: np.ndarray, y_true: np.ndarray, labels: list[str]) -> 
     return out
 
 
-def evaluate_tables(labeler: Any, tables: list[Any], styles: bool = False,
-                    on_table: Any = None) -> tuple[dict[str, Any], list[np.ndarray]]:
+def evaluate_tables(labeler: Any, tables: list[Any], styles: bool = False, on_table: Any = None,
+                    on_rows: Callable[[str, int], None] | None = None) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Score `labeler` on labelled tables (data.SourceData, read and checked beforehand): one entry
-    per table, and their mean (each table counting once). Returns the report and each table's probs."""
+    per table, and their mean (each table counting once). Returns the report and each table's probs.
+    `on_table(entry)` follows each table; `on_rows(what, rows)` each few batches scored, where `what`
+    names the table (and the style); rows_to_score() is their total."""
+    from emolabel.styles import STYLES
+
     report: dict[str, Any] = {"model": str(labeler.model_dir), "precision": labeler.precision,
                               "device": str(labeler.device), "labels": list(labeler.labels), "tables": []}
     all_probs = []
+
+    def score(texts: list[str], what: str) -> np.ndarray:
+        return predict_proba(labeler, texts, (lambda rows: on_rows(what, rows)) if on_rows else None)
+
     for src in tables:
-        probs = labeler.predict_proba(src.data.texts)
+        probs = score(src.data.texts, src.source.path)
         m = evaluate_probs(probs, src.data.labels, labeler.labels)
         entry = {"path": src.source.path, "sha256": src.sha256} | m
         if styles:
-            from emolabel.styles import STYLES
-
             entry["styles"] = {}
             for name, fn in STYLES.items():
-                sm = evaluate_probs(labeler.predict_proba([fn(t) for t in src.data.texts]), src.data.labels,
-                                    labeler.labels)
+                sm = evaluate_probs(score([fn(t) for t in src.data.texts], f"{src.source.path} ({name})"),
+                                    src.data.labels, labeler.labels)
                 entry["styles"][name] = {k: sm[k] for k in ("accuracy", "macro_f1", "ece")}
         report["tables"].append(entry)
         all_probs.append(probs)
@@ -124,6 +131,41 @@ def evaluate_tables(labeler: Any, tables: list[Any], styles: bool = False,
             on_table(entry)
     report["mean"] = {k: float(np.mean([t[k] for t in report["tables"]])) for k in ("accuracy", "macro_f1", "ece")}
     return report, all_probs
+
+
+def rows_to_score(tables: list[Any], styles: bool = False) -> int:
+    """How many rows evaluate_tables scores: every table's, and again for each style."""
+    from emolabel.styles import STYLES
+
+    return sum(len(src.data.texts) for src in tables) * (1 + (len(STYLES) if styles else 0))
+
+
+PROGRESS_BATCHES = 8  # batches between two on_rows calls: a few seconds on the CPU, one sync each on a GPU
+
+
+def predict_proba(labeler: Any, texts: list[str], on_rows: Callable[[int], None] | None = None) -> np.ndarray:
+    """labeler.predict_proba(texts), its batches run a few at a time so that `on_rows` can count
+    them. The batches are the same (one prepare over all the texts), and so are the numbers."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    from emolabel.labels import softmax
+
+    prepared = labeler.prepare(pa.array(texts, type=pa.string()))
+    probs = np.full((prepared.n, len(labeler.labels)), np.nan, dtype=np.float32)
+    done = 0
+    for i in range(0, len(prepared.batches), PROGRESS_BATCHES):
+        batches = prepared.batches[i : i + PROGRESS_BATCHES]
+        rows = prepared.rows[done : done + sum(len(ids) for ids, _ in batches)]
+        part = dataclasses.replace(prepared, rows=rows, batches=batches)
+        probs[rows] = softmax(labeler.logits(part), labeler.config.temperature)  # as Labeler.run does
+        done += len(rows)
+        if on_rows:
+            on_rows(len(rows))
+    if on_rows and prepared.n > done:  # rows left without text by normalization are scored too (NaN)
+        on_rows(prepared.n - done)
+    return probs
 
 
 def write_predictions(path: str, tables: list[Any], probs: list[np.ndarray], labels: list[str]) -> None:

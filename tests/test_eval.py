@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import PATIENCE
 from helpers import invoke
 
 from emolabel.evaluate import classification_metrics, evaluate_probs, expected_calibration_error
@@ -146,3 +147,83 @@ def test_styles_are_deterministic_and_normalize_back(style):
     assert styled == STYLES[style](text)
     if style in ("capitals", "emoji", "links", "slang"):
         assert normalize_list([styled], "social-v1")[0] == text
+
+
+def test_eval_scores_what_predict_proba_does_a_few_batches_at_a_time(tiny_model):
+    from emolabel.evaluate import predict_proba
+    from emolabel.inference import Labeler
+
+    lb = Labeler(tiny_model, device="cpu", batch_size=4)
+    texts = ["happy " * (k % 13) + "sad" for k in range(200)] + ["👍", "i feel fine"]  # 👍: no text (social-v1)
+    counts: list[int] = []
+    got = predict_proba(lb, texts, counts.append)
+    np.testing.assert_array_equal(got, lb.predict_proba(texts))  # bit for bit, the no-text row's NaN too
+    assert sum(counts) == len(texts) and len(counts) > 1
+
+
+def test_eval_progress_counts_rows_of_each_table_on_a_terminal():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from emolabel.cli_train import EvalProgress
+
+    out = StringIO()
+    with EvalProgress(Console(file=out, force_terminal=True, width=120)) as progress:
+        progress.start(1500)
+        progress.advance("data/a.csv", 1000)
+        assert "a.csv" in out.getvalue() and "1,000/1,500 rows" in out.getvalue()
+        progress.advance("data/b.csv (emoji)", 500)
+        assert (progress.rows, progress.total, progress.what) == (1500, 1500, "data/b.csv (emoji)")
+        assert "b.csv (emoji)" in out.getvalue() and "1,500/1,500 rows" in out.getvalue()
+    quiet = StringIO()
+    off = EvalProgress(Console(file=quiet))  # not a terminal: counts, draws nothing
+    off.start(10)
+    off.advance("a.csv", 10)
+    assert not off.on and off.rows == 10 and quiet.getvalue() == ""
+
+
+@pytest.fixture(scope="module")
+def big_labelled(tmp_path_factory):
+    """A small table, then one big enough that the tiny model needs many seconds for it."""
+    import csv
+
+    folder = tmp_path_factory.mktemp("eval-big")
+    words = "i feel so happy sad angry today love afraid little bit scared surprised".split()
+    with open(folder / "small.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), ("i feel happy", "1"), ("i am sad", "0")])
+    with open(folder / "big.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("text", "label"))
+        w.writerows((" ".join(words[(i + k) % len(words)] for k in range(5 + i % 40)), str(i % 6))
+                    for i in range(200_000))
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_stops_eval_with_a_message_and_128_plus_its_number(tmp_path, tiny_model, big_labelled, sig, code):
+    """Sent once the small table is scored and the big one has begun: one line, no traceback, nothing written."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "emolabel", "eval", str(big_labelled / "small.csv"),
+                                 str(big_labelled / "big.csv"), "--model", str(tiny_model), "--device", "cpu",
+                                 "--predictions", str(tmp_path / "pred.csv")],
+                                stdout=subprocess.PIPE, stderr=err, env=dict(os.environ, COLUMNS="200"))
+        deadline = time.time() + PATIENCE  # a safety net against a hang, not a speed check
+        while time.time() < deadline and proc.poll() is None and "scored" not in err_path.read_text():
+            time.sleep(0.05)
+        assert proc.poll() is None, err_path.read_text()  # still at work on the big table
+        proc.send_signal(getattr(signal, sig))
+        out, _ = proc.communicate(timeout=PATIENCE)
+    text = err_path.read_text()
+    assert proc.returncode == code, text
+    assert "Traceback" not in text and out == b""
+    assert text.strip().splitlines()[-1] == f"Interrupted ({sig}): nothing was written."
+    assert "big.csv" not in text and not (tmp_path / "pred.csv").exists()

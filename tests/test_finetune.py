@@ -245,3 +245,35 @@ def test_a_seeded_finetune_trains_on_the_batches_it_did(tmp_path, tiny_base, dat
         [29, 17, 5, 23, 11, 35, 31, 12], [18, 30, 1, 28, 34, 25, 13, 6], [14, 20, 32, 8],
         [27, 3, 33, 9, 21, 15, 26, 2], [22, 0, 7, 4, 19, 24, 10, 16],  # epoch 2
     ]
+
+
+def test_progress_counts_steps_then_shows_validation_on_a_terminal():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from emolabel.cli_train import TrainProgress
+
+    out = StringIO()
+    with TrainProgress(Console(file=out, force_terminal=True, width=120)) as progress:
+        assert progress.on
+        progress.event({"event": "start", "train_rows": 800, "rows_per_epoch": 800, "valid_rows": 1234, "epochs": 2,
+                        "steps": 100, "steps_per_epoch": 50, "base": "b", "device": "cpu"})
+        progress.event({"event": "step", "epoch": 1, "step": 50, "steps": 100, "loss": 1.5, "rows_per_s": 9.0})
+        assert (progress.step, progress.steps, progress.phase) == (50, 100, "epoch 1/2")
+        assert "epoch 1/2" in out.getvalue() and "step 50/100" in out.getvalue() and "loss 1.5000" in out.getvalue()
+        progress.event({"event": "validate", "epoch": 1, "rows": 1234})
+        assert "validating epoch 1 (1,234 rows)" in out.getvalue()
+        progress.event({"event": "epoch", "epoch": 1})
+        assert progress.phase == "epoch 2/2"
+        progress.event({"event": "step", "epoch": 2, "step": 100, "steps": 100, "loss": 1.25, "rows_per_s": 9.0})
+        assert "step 100/100" in out.getvalue()
+        progress.event({"event": "calibrate", "rows": 1234})
+        assert progress.phase == "calibrating" and "calibrating" in out.getvalue()
+        progress.event({"event": "done"})
+        assert progress._progress is None
+    for console, quiet in ((Console(file=StringIO()), False), (Console(file=StringIO(), force_terminal=True), True)):
+        off = TrainProgress(console, quiet=quiet)  # not a terminal, or --quiet: counts, draws nothing
+        off.event({"event": "start", "epochs": 1, "steps": 10})
+        off.event({"event": "step", "epoch": 1, "step": 10, "steps": 10, "loss": 1.0})
+        assert not off.on and off.step == 10 and console.file.getvalue() == ""
