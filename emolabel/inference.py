@@ -88,6 +88,9 @@ def load_tokenizer(folder: Path, max_length: int):  # -> tokenizers.Tokenizer
     return tok
 
 
+HUGE = 1 << 20  # characters: past this a text is only ever tokenized in part (see TextEncoder.encode)
+
+
 class TextEncoder:
     """Normalization + tokenization, the same in finetune, eval and tag.
 
@@ -102,6 +105,7 @@ class TextEncoder:
         from tokenizers import pre_tokenizers
 
         self.scheme = scheme
+        self.max_length = max_length
         self.tokenizer = load_tokenizer(folder, max_length)
         spec = json.loads(self.tokenizer.to_str())
         norm, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
@@ -117,7 +121,26 @@ class TextEncoder:
 
     def encode(self, texts: list[str]) -> list:  # -> list[tokenizers.Encoding]
         """Tokenize already-normalized texts."""
-        return self.tokenizer.encode_batch_fast(texts) if texts else []
+        if not texts:
+            return []
+        # A text far longer than max_length tokens is cut at a space before tokenizing (a 50 MB line
+        # took 7 GB): tokens never span whitespace, so when the cut text still overflows max_length,
+        # its kept tokens are exactly the whole text's. Otherwise (mostly spaces) the whole text is
+        # tokenized, up to HUGE characters.
+        cap = max(8192, 64 * self.max_length)
+        long = [i for i, t in enumerate(texts) if len(t) > cap]
+        if not long:
+            return self.tokenizer.encode_batch_fast(texts)
+        cut = list(texts)
+        for i in long:
+            head = texts[i][:cap]
+            space = max(head.rfind(c) for c in " \t\n\r")
+            cut[i] = head[:space] if space > 0 else head
+        encs = self.tokenizer.encode_batch_fast(cut)
+        for i in long:
+            if not encs[i].overflowing and len(texts[i]) <= HUGE:
+                encs[i] = self.tokenizer.encode(texts[i])
+        return encs
 
 
 @dataclass
