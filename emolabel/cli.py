@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -14,34 +11,7 @@ import click
 from emolabel import __version__
 from emolabel.config import ENGINES, FORMATS, INPUT_FORMATS, PRECISIONS
 from emolabel.errors import EmolabelError
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM: stop, clean up, exit 128 + signal number."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextmanager
-def _signals_raise() -> Iterator[None]:
-    """Turn SIGINT/SIGTERM into an Interrupted exception on the main thread."""
-
-    def later(signum: int, frame: Any) -> None:
-        pass  # a second Ctrl-C while the first one cleans up: the clean-up finishes (no traceback)
-
-    def handler(signum: int, frame: Any) -> None:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, later)
-        raise Interrupted(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+from emolabel.signals import Interrupted, signals_raise
 
 
 def _fail(e: EmolabelError) -> Exception:
@@ -204,7 +174,7 @@ def tag(
         console.print(f"[yellow]Warning[/]: {cli_words(str(message))}", soft_wrap=True)
 
     try:
-        with _signals_raise(), progress, warnings.catch_warnings():
+        with signals_raise(), progress, warnings.catch_warnings():
             warnings.simplefilter("always", EmolabelWarning)
             warnings.showwarning = show
             runner = engines.make(engine, workers=workers, cpus_per_worker=cpus_per_worker,

@@ -233,7 +233,6 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
     """
     from rich.console import Console
 
-    from emolabel.cli import Interrupted, _signals_raise
     from emolabel.config import ModelConfig, default_model_dir
     from emolabel.data import Source, load_sources
     from emolabel.evaluate import (
@@ -243,6 +242,7 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
         write_predictions,
         write_report,
     )
+    from emolabel.signals import Interrupted, signals_raise
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # no wrapping in files
     err = Console(stderr=True, quiet=quiet, highlight=False)
@@ -253,7 +253,7 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
     wrote: list[str] = []  # for the message if a signal comes: what is whole on disk
     reporting = False
     try:
-        with _signals_raise():  # SIGINT and SIGTERM end it as they end tag: a message, 128 + the signal
+        with signals_raise():  # SIGINT and SIGTERM end it as they end tag: a message, 128 + the signal
             folder = Path(model_dir) if model_dir else default_model_dir()
             labels = ModelConfig.load(folder).labels  # the label set, without loading the model
             data, _ = load_sources([Source(t) for t in tests], input_format, text_column, label_column, labels)
