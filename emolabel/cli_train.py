@@ -256,7 +256,9 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
         with signals_raise():  # SIGINT and SIGTERM end it as they end tag: a message, 128 + the signal
             folder = Path(model_dir) if model_dir else default_model_dir()
             labels = ModelConfig.load(folder).labels  # the label set, without loading the model
-            data, _ = load_sources([Source(t) for t in tests], input_format, text_column, label_column, labels)
+            fix = ("The model knows these labels only: map the others to them (or drop those rows), or evaluate "
+                   "a model trained with them.")
+            data, _ = load_sources([Source(t) for t in tests], input_format, text_column, label_column, labels, fix)
             err.print(f"loading {folder}")
             from emolabel.inference import Labeler
 

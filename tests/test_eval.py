@@ -90,6 +90,7 @@ def test_eval_checks_the_data_before_loading_the_model(tmp_path, tiny_model, mon
     (tmp_path / "t.csv").write_text("text,label\ni feel happy,joyful\n")
     r = invoke("eval", str(tmp_path / "t.csv"), "--model", str(tiny_model))
     assert r.exit_code == 1 and "joyful" in r.stderr
+    assert "--labels" not in r.stderr and "The model knows these labels only" in r.stderr  # eval has no --labels
 
 
 def test_eval_report_without_matplotlib_is_a_clear_error(tmp_path, tiny_model, monkeypatch):

