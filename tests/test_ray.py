@@ -206,11 +206,11 @@ def test_failing_job_names_the_file_and_leaves_no_output(tiny_model, tmp_path):
 def test_up_front_errors(tiny_model, tmp_path):
     with pytest.raises(InputError, match="No files match"):
         tag_with_ray([str(tmp_path / "*.csv")], str(tmp_path / "o"), model=str(tiny_model))
-    with pytest.raises(InputError, match="format"):
-        (tmp_path / "x.txt").write_text("text\nhi\n")
-        tag_with_ray([str(tmp_path / "x.txt")], str(tmp_path / "o"), model=str(tiny_model))
+    with pytest.raises(InputError, match="format"):  # (.txt is a format now: plain text lines)
+        (tmp_path / "x.dat").write_text("text\nhi\n")
+        tag_with_ray([str(tmp_path / "x.dat")], str(tmp_path / "o"), model=str(tiny_model))
     with pytest.raises(EmolabelError, match="output format"):
-        tag_with_ray([str(tmp_path / "x.txt")], str(tmp_path / "o"), model=str(tiny_model), output_format="xlsx")
+        tag_with_ray([str(tmp_path / "x.dat")], str(tmp_path / "o"), model=str(tiny_model), output_format="xlsx")
 
 
 def test_missing_ray_gives_a_clear_message(tiny_model, tmp_path):
