@@ -21,9 +21,18 @@ internals are touched only in emolabel.ray_adapter. Install with `pip install 'e
   missing column, a bad row) is not retried: the job fails with it, naming the file.
 * Write: one part file per write task with tables.TableWriter; the counts for the Summary are
   taken as the parts are written. Then `_SUCCESS`, last. A local output is written to a
-  temporary sibling folder that is renamed into place at the end (on failure it is deleted).
+  temporary sibling folder that is renamed into place at the end (on failure, Ctrl-C or SIGTERM
+  it is deleted).
   Object stores cannot rename: parts go in place and only `_SUCCESS` tells a finished output
   (with `overwrite`, the old output is deleted first; a failed job deletes what it wrote).
+
+Signals: SIGINT and SIGTERM keep the caller's handlers through Ray (ray_adapter.Signals): the
+CLI's exit 130/143 with its one line, Ray's local processes stopped by ray.shutdown() on the way
+out. Ctrl-C reaches only the driver (Ray's processes block SIGINT). A SIGTERM to the whole process
+group or cgroup also stops Ray's raylet, and the driver's Ray core then may end the process at
+once (exit 1, "connection to the plasma store is failed") before the cleanup: a race. After that,
+or a kill -9, Ray's processes stop by themselves (Ray's fate sharing; its agents within about a
+minute), and the temporary folder stays.
 
 Limits: on a cluster, local input paths and the model folder must exist on every node (or use
 object-store inputs); one format and one filesystem per job; row order is not kept (join on the
@@ -54,7 +63,7 @@ import pyarrow as pa
 from emolabel import tables
 from emolabel.errors import EmolabelError, InputError, OptionError
 from emolabel.pipeline import Summary, TagOptions
-from emolabel.ray_adapter import RAY_MISSING, READ_WRITE_CPUS
+from emolabel.ray_adapter import RAY_MISSING, READ_WRITE_CPUS, Signals
 
 __all__ = ["RAY_MISSING", "RayEngine", "tag_with_ray"]
 CRASH_ENV = "EMOLABEL_RAY_CRASH_ONCE"  # fault-injection hook for tests, see the module docstring
@@ -128,25 +137,27 @@ class RayEngine:
             raise InputError("Inputs mix filesystems (local paths and URIs, or several schemes); use one per job.")
 
         ray = adapter.import_ray()
-        started_here = adapter.start(ray, self.ray_address, available_cpus())
-        try:
-            n_min = pool if isinstance(pool, int) else pool[0]
-            have = ray.cluster_resources()
-            for what, each in (("CPU", self.cpus_per_worker), ("GPU", self.gpus_per_worker)):
-                if started_here and adapter.is_local(self.ray_address) and each and n_min * each > have.get(what, 0):
-                    raise EmolabelError(f"{n_min} worker(s) x {each:g} {what}(s) each need more than the "
-                                        f"{have.get(what, 0):g} {what}(s) of this machine; use fewer workers "
-                                        f"or fewer {what}s per worker.")
-            with adapter.quiet():
-                summary = self._job(ray, paths, fmt, output, opts, labels, model, pool)
-        finally:
-            if started_here:
-                ray.shutdown()
+        with adapter.Signals() as signals:  # SIGINT/SIGTERM stay the caller's (the CLI: exit 130/143)
+            started_here = adapter.start(ray, self.ray_address, available_cpus(), signals)
+            try:
+                n_min = pool if isinstance(pool, int) else pool[0]
+                have = ray.cluster_resources()
+                for what, each in (("CPU", self.cpus_per_worker), ("GPU", self.gpus_per_worker)):
+                    if (started_here and adapter.is_local(self.ray_address) and each
+                            and n_min * each > have.get(what, 0)):
+                        raise EmolabelError(f"{n_min} worker(s) x {each:g} {what}(s) each need more than the "
+                                            f"{have.get(what, 0):g} {what}(s) of this machine; use fewer "
+                                            f"workers or fewer {what}s per worker.")
+                with adapter.quiet():
+                    summary = self._job(ray, paths, fmt, output, opts, labels, model, pool, signals)
+            finally:
+                if started_here:  # also on a signal: Ray's raylet, GCS and workers end with this process
+                    ray.shutdown()
         summary.seconds = time.perf_counter() - started
         return summary
 
     def _job(self, ray: Any, paths: list[str], fmt: tables.Format, output: str, opts: TagOptions,
-             labels: list[str], model: Path, pool: int | tuple[int, int]) -> Summary:
+             labels: list[str], model: Path, pool: int | tuple[int, int], signals: Signals) -> Summary:
         import pyarrow.fs as pafs
         from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
@@ -195,12 +206,14 @@ class RayEngine:
                     warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
                     ds.write_datasink(sink, ray_remote_args={"num_cpus": READ_WRITE_CPUS}, concurrency=io_tasks)
             except Exception as e:  # noqa: BLE001 - Ray wraps our errors; find ours, else name the inputs
+                signals.check()  # Ctrl-C or kill: Ray Data re-raised it as a failure of its own
                 ours = adapter.emolabel_error(e)
                 if ours is not None:
                     raise ours from None
                 first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                 raise EmolabelError(f"The Ray job labelling {', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''} "
                                     f"failed: {first} (Ray's logs: /tmp/ray/session_latest/logs/)") from e
+            signals.check()  # a signal that Ray caught on the way and carried on
             summary = Summary(engine=self.name, output=output)
             for stats in sink.results:
                 summary.merge(Summary.from_stats(stats))
