@@ -22,7 +22,7 @@ internals are touched only in emolabel.ray_adapter. Install with `pip install 'e
 * Write: one part file per write task with tables.TableWriter; the counts for the Summary are
   taken as the parts are written. Then `_SUCCESS`, last. A local output is written to a
   temporary sibling folder that is renamed into place at the end (on failure, Ctrl-C or SIGTERM
-  it is deleted).
+  it is deleted; after a kill -9 the next run to that output deletes it, its name says whose it is).
   Object stores cannot rename: parts go in place and only `_SUCCESS` tells a finished output
   (with `overwrite`, the old output is deleted first; a failed job deletes what it wrote).
 
@@ -32,7 +32,7 @@ out. Ctrl-C reaches only the driver (Ray's processes block SIGINT). A SIGTERM to
 group or cgroup also stops Ray's raylet, and the driver's Ray core then may end the process at
 once (exit 1, "connection to the plasma store is failed") before the cleanup: a race. After that,
 or a kill -9, Ray's processes stop by themselves (Ray's fate sharing; its agents within about a
-minute), and the temporary folder stays.
+minute) and the next run to the same output removes the temporary folder.
 
 Limits: on a cluster, local input paths and the model folder must exist on every node (or use
 object-store inputs); one format and one filesystem per job; row order is not kept (join on the
@@ -49,7 +49,9 @@ import contextlib
 import functools
 import io
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 import warnings
@@ -68,6 +70,7 @@ from emolabel.ray_adapter import RAY_MISSING, READ_WRITE_CPUS, Signals
 __all__ = ["RAY_MISSING", "RayEngine", "tag_with_ray"]
 CRASH_ENV = "EMOLABEL_RAY_CRASH_ONCE"  # fault-injection hook for tests, see the module docstring
 SUCCESS = "_SUCCESS"
+TEMP_MARK = "emolabel-tmp-"  # a local output is written to OUTPUT.emolabel-tmp-HOST-PID-RANDOM, see temp_folder
 SOURCE_COLUMN = "__emolabel_source"  # internal: each row's file, for error messages; dropped by the actors
 CUT_COLUMN = "__emolabel_cut"  # internal: True where a text was truncated; counted and dropped by the writer
 CHUNK_ROWS = 4096  # rows per actor call unless `chunk_rows` says: small enough for actors to share a file
@@ -176,8 +179,8 @@ class RayEngine:
                 write_to = output
             else:
                 fs = pafs.LocalFileSystem()
-                parent, base = os.path.split(os.path.abspath(output))
-                write_to = target = os.path.join(parent, f"{base}.emolabel-tmp-{uuid.uuid4().hex[:12]}")
+                remove_stale_temp_folders(output)
+                write_to = target = temp_folder(output)
             read = functools.partial(_read_file, scheme=scheme, fmt=fmt, opts=opts, labels=labels,
                                      id_column=self.id_column, chunk=chunk)
             try:
@@ -236,6 +239,32 @@ class RayEngine:
                     else:
                         shutil.rmtree(target, ignore_errors=True)
             raise
+
+
+def temp_folder(output: str) -> str:
+    """The sibling a local output is written to: OUTPUT.emolabel-tmp-HOST-PID-RANDOM (the owner, so
+    that a later run can tell a folder left by a killed run from one still being written)."""
+    parent, base = os.path.split(os.path.abspath(output))
+    return os.path.join(parent, f"{base}.{TEMP_MARK}{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def remove_stale_temp_folders(output: str) -> list[str]:
+    """Delete the temporary siblings of `output` left by runs on this host that are dead (kill -9,
+    a power cut); a live run's folder, another host's and an unreadable name are left alone."""
+    parent, base = os.path.split(os.path.abspath(output))
+    removed = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(parent):
+            m = re.fullmatch(re.escape(f"{base}.{TEMP_MARK}") + r"(.+)-(\d+)-[0-9a-f]{8}", name)
+            if m is None or m.group(1) != _host() or tables._alive(int(m.group(2))):  # the local engine's test
+                continue
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(os.path.join(parent, name))
+    return removed
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())  # the output may be on a shared disk
 
 
 def tag_with_ray(inputs: list[str] | str, output_dir: str, *, workers: Any = 1, cpus_per_worker: float = 1.0,

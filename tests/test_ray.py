@@ -399,3 +399,43 @@ def test_a_signal_exits_128_plus_it_and_leaves_no_output_and_no_ray_process(tiny
     assert "Traceback" not in err and "*** SIG" not in err and "logging.cc" not in err, err
     assert not out.exists() and siblings(out) == []
     assert still_running(procs, proc.pid) == []
+
+
+def test_kill_9_leaves_a_temp_folder_the_next_run_removes_and_ray_stops_by_itself(tiny_model, slow_input, tmp_path):
+    """kill -9 cannot clean up: the temporary folder stays until the next run to that output, which
+    removes it because its owner (host and pid in the name) is dead; Ray's processes of the killed
+    run end by themselves (Ray's fate sharing: about a minute for its agents, measured)."""
+    out = tmp_path / "out"
+    log = tmp_path / "stderr.txt"
+    proc = start_tag(slow_input, out, tiny_model, log)
+    procs = wait_until(proc, out, log, "labelling")
+    proc.kill()
+    proc.wait(PATIENCE)
+    stale = siblings(out)
+    assert len(stale) == 1 and f"-{proc.pid}-" in stale[0]
+    small = tmp_path / "small.csv"
+    small.write_text("text\ni feel happy\ni am scared\n")
+    r = subprocess.run([sys.executable, "-m", "emolabel", "tag", str(small), "-o", str(out), "--engine", "ray",
+                        "--workers", "1", "--model", str(tiny_model)], capture_output=True, text=True,
+                       timeout=PATIENCE, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    assert siblings(out) == [] and pq.read_table(out).num_rows == 2
+    assert still_running(procs, proc.pid) == []
+
+
+def test_only_a_dead_runs_temp_folder_is_removed(tmp_path):
+    from emolabel.ray_engine import remove_stale_temp_folders, temp_folder
+
+    out = tmp_path / "out"
+    mine = Path(temp_folder(str(out)))  # this (live) process's
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = Path(str(mine).replace(f"-{os.getpid()}-", f"-{int(dead.stdout)}-"))
+    elsewhere = tmp_path / f"out.emolabel-tmp-otherhost-{int(dead.stdout)}-0123abcd"
+    old_style = tmp_path / "out.emolabel-tmp-0123456789ab"  # before the owner was in the name: unknown
+    other_output = tmp_path / gone.name.replace("out.", "out2.", 1)
+    for d in (mine, gone, elsewhere, old_style, other_output):
+        d.mkdir()
+        (d / "part.parquet").write_bytes(b"x")
+    assert remove_stale_temp_folders(str(out)) == [str(gone)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(d.name for d in (mine, elsewhere, old_style,
+                                                                                   other_output))
