@@ -93,6 +93,12 @@ class Signals:
     Where the caller has no handler (SIG_DFL), Ray's own is kept, wrapped. On exit the caller's
     handlers are put back, unless its handler replaced itself meanwhile (the CLI's ignores a second
     signal while it cleans up).
+
+    Ctrl-C reaches only the driver (Ray's processes block SIGINT). A SIGTERM to the whole process
+    group or cgroup also stops Ray's raylet, and the driver's Ray core then may end the process at
+    once (exit 1, "connection to the plasma store is failed") before the cleanup: a race. After
+    that, or a kill -9, Ray's processes stop by themselves (fate sharing; its agents within about
+    a minute) and the next run to the same output removes the temporary folder.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -200,6 +206,16 @@ def _replaced(obj: Any, name: str, value: Any) -> Iterator[None]:
         yield
     finally:
         setattr(obj, name, original)
+
+
+def check_fits(ray: Any, workers: int, cpus: float, gpus: float) -> None:
+    """The smallest pool fits this machine's Ray (else the job would wait forever for resources)."""
+    have = ray.cluster_resources()
+    for what, each in (("CPU", cpus), ("GPU", gpus)):
+        if each and workers * each > have.get(what, 0):
+            raise EmolabelError(f"{workers} worker(s) x {each:g} {what}(s) each need more than the "
+                                f"{have.get(what, 0):g} {what}(s) of this machine; use fewer workers "
+                                f"or fewer {what}s per worker.")
 
 
 @contextlib.contextmanager

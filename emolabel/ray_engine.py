@@ -26,18 +26,12 @@ internals are touched only in emolabel.ray_adapter. Install with `pip install 'e
   Object stores cannot rename: parts go in place and only `_SUCCESS` tells a finished output
   (with `overwrite`, the old output is deleted first; a failed job deletes what it wrote).
 
-Signals: SIGINT and SIGTERM keep the caller's handlers through Ray (ray_adapter.Signals): the
-CLI's exit 130/143 with its one line, Ray's local processes stopped by ray.shutdown() on the way
-out. Ctrl-C reaches only the driver (Ray's processes block SIGINT). A SIGTERM to the whole process
-group or cgroup also stops Ray's raylet, and the driver's Ray core then may end the process at
-once (exit 1, "connection to the plasma store is failed") before the cleanup: a race. After that,
-or a kill -9, Ray's processes stop by themselves (Ray's fate sharing; its agents within about a
-minute) and the next run to the same output removes the temporary folder.
+Signals: Ctrl-C and SIGTERM end a job as they end a local run (exit 130/143, one line, Ray's
+processes stopped); ray_adapter.Signals says how, and what a kill -9 leaves.
 
-Limits: on a cluster, local input paths and the model folder must exist on every node (or use
-object-store inputs); one format and one filesystem per job; row order is not kept (join on the
-id). Ray's C++ core prints one "constructor arguments in the object store and max_restarts > 0"
-line per job (ray-project/ray#53727): harmless, as the driver holds those arguments to the end.
+Limits: on a cluster, local inputs and the model folder must be on every node (or use object-store
+inputs); one format and one filesystem per job; no row order (join on the id). Ray's core prints
+one "constructor arguments in the object store and max_restarts > 0" line per job (#53727): harmless.
 
 Fault-injection hook (tests only): if the environment variable `EMOLABEL_RAY_CRASH_ONCE` names a
 marker file, the first actor call that creates that file kills its own process before labelling.
@@ -49,11 +43,8 @@ import contextlib
 import functools
 import io
 import os
-import re
 import shutil
-import socket
 import time
-import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -70,13 +61,10 @@ from emolabel.ray_adapter import RAY_MISSING, READ_WRITE_CPUS, Signals
 __all__ = ["RAY_MISSING", "RayEngine", "tag_with_ray"]
 CRASH_ENV = "EMOLABEL_RAY_CRASH_ONCE"  # fault-injection hook for tests, see the module docstring
 SUCCESS = "_SUCCESS"
-TEMP_MARK = "emolabel-tmp-"  # a local output is written to OUTPUT.emolabel-tmp-HOST-PID-RANDOM, see temp_folder
 SOURCE_COLUMN = "__emolabel_source"  # internal: each row's file, for error messages; dropped by the actors
 CUT_COLUMN = "__emolabel_cut"  # internal: True where a text was truncated; counted and dropped by the writer
 CHUNK_ROWS = 4096  # rows per actor call unless `chunk_rows` says: small enough for actors to share a file
-# A dying worker is restarted this many times per actor (and its batch retried as often) before the
-# job fails: a crash that repeats (out of memory on one batch) ends the job instead of looping.
-MAX_RESTARTS = 4
+MAX_RESTARTS = 4  # a dying actor restarts (its batch retried) this often; a crash that repeats ends the job
 
 
 @dataclass(frozen=True)
@@ -143,14 +131,9 @@ class RayEngine:
         with adapter.Signals() as signals:  # SIGINT/SIGTERM stay the caller's (the CLI: exit 130/143)
             started_here = adapter.start(ray, self.ray_address, available_cpus(), signals)
             try:
-                n_min = pool if isinstance(pool, int) else pool[0]
-                have = ray.cluster_resources()
-                for what, each in (("CPU", self.cpus_per_worker), ("GPU", self.gpus_per_worker)):
-                    if (started_here and adapter.is_local(self.ray_address) and each
-                            and n_min * each > have.get(what, 0)):
-                        raise EmolabelError(f"{n_min} worker(s) x {each:g} {what}(s) each need more than the "
-                                            f"{have.get(what, 0):g} {what}(s) of this machine; use fewer "
-                                            f"workers or fewer {what}s per worker.")
+                if started_here and adapter.is_local(self.ray_address):  # a pool that cannot fit would wait forever
+                    adapter.check_fits(ray, pool if isinstance(pool, int) else pool[0], self.cpus_per_worker,
+                                       self.gpus_per_worker)
                 with adapter.quiet():
                     summary = self._job(ray, paths, fmt, output, opts, labels, model, pool, signals)
             finally:
@@ -179,8 +162,8 @@ class RayEngine:
                 write_to = output
             else:
                 fs = pafs.LocalFileSystem()
-                remove_stale_temp_folders(output)
-                write_to = target = temp_folder(output)
+                tables.remove_stale_temp_folders(output)
+                write_to = target = tables.temp_folder(output)
             read = functools.partial(_read_file, scheme=scheme, fmt=fmt, opts=opts, labels=labels,
                                      id_column=self.id_column, chunk=chunk)
             try:
@@ -239,32 +222,6 @@ class RayEngine:
                     else:
                         shutil.rmtree(target, ignore_errors=True)
             raise
-
-
-def temp_folder(output: str) -> str:
-    """The sibling a local output is written to: OUTPUT.emolabel-tmp-HOST-PID-RANDOM (the owner, so
-    that a later run can tell a folder left by a killed run from one still being written)."""
-    parent, base = os.path.split(os.path.abspath(output))
-    return os.path.join(parent, f"{base}.{TEMP_MARK}{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def remove_stale_temp_folders(output: str) -> list[str]:
-    """Delete the temporary siblings of `output` left by runs on this host that are dead (kill -9,
-    a power cut); a live run's folder, another host's and an unreadable name are left alone."""
-    parent, base = os.path.split(os.path.abspath(output))
-    removed = []
-    with contextlib.suppress(OSError):
-        for name in os.listdir(parent):
-            m = re.fullmatch(re.escape(f"{base}.{TEMP_MARK}") + r"(.+)-(\d+)-[0-9a-f]{8}", name)
-            if m is None or m.group(1) != _host() or tables._alive(int(m.group(2))):  # the local engine's test
-                continue
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-            removed.append(os.path.join(parent, name))
-    return removed
-
-
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())  # the output may be on a shared disk
 
 
 def tag_with_ray(inputs: list[str] | str, output_dir: str, *, workers: Any = 1, cpus_per_worker: float = 1.0,
@@ -330,8 +287,7 @@ class LabelerActor:
         o = options
         self.labeler = Labeler(model_dir, device=o.device, precision=o.precision, batch_size=o.batch_size,
                                max_tokens=o.max_tokens, max_length=o.max_length, threads=threads)
-        self.options = o
-        self.crash_marker = crash_marker
+        self.options, self.crash_marker = o, crash_marker
 
     def _maybe_crash(self) -> None:
         """Fault injection (tests only): die once, the first time any actor gets here."""
@@ -341,13 +297,13 @@ class LabelerActor:
             fd = os.open(self.crash_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return
-        os.write(fd, str(os.getpid()).encode())
         os.close(fd)
         os._exit(1)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         import numpy as np
 
+        from emolabel.inference import release_free_memory
         from emolabel.labels import output_schema
         from emolabel.pipeline import label_chunk
 
@@ -363,6 +319,7 @@ class LabelerActor:
             batch = table.combine_chunks().to_batches()[0]
             prepared = self.labeler.prepare(batch.column(o.text_column))
             labelled = label_chunk(self.labeler, batch, prepared, schema, o.min_score)
+            release_free_memory()  # as the local engine: an actor's memory stays flat
             cut = np.zeros(batch.num_rows, bool)
             cut[prepared.cut] = True
             return pa.Table.from_batches([labelled]).append_column(CUT_COLUMN, pa.array(cut))

@@ -14,7 +14,9 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 import uuid
@@ -1009,11 +1011,12 @@ def _remove_stale_temps(target: Path) -> None:
     up: their process (the pid in the name) is gone, so nobody will finish them."""
     for stray in target.parent.glob(f".{target.name}.*.emolabel-tmp"):
         pid = stray.name[len(target.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             stray.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine still runs (the owner of a temporary file or folder)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -1170,6 +1173,35 @@ def prepare_uri_folder(output_dir: str, overwrite: bool, marker: str) -> tuple[A
             else:
                 fs.delete_file(path)
     return fs, path
+
+
+TEMP_FOLDER_MARK = "emolabel-tmp-"  # OUTPUT.emolabel-tmp-HOST-PID-RANDOM: see temp_folder
+
+
+def temp_folder(output: str) -> str:
+    """The sibling a local output is written to: OUTPUT.emolabel-tmp-HOST-PID-RANDOM (the owner, so
+    that a later run can tell a folder left by a killed run from one still being written)."""
+    parent, base = os.path.split(os.path.abspath(output))
+    return os.path.join(parent, f"{base}.{TEMP_FOLDER_MARK}{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def remove_stale_temp_folders(output: str) -> list[str]:
+    """Delete the temporary siblings of `output` left by runs on this host that are dead (kill -9,
+    a power cut); a live run's folder, another host's and an unreadable name are left alone."""
+    parent, base = os.path.split(os.path.abspath(output))
+    removed = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(parent):
+            m = re.fullmatch(re.escape(f"{base}.{TEMP_FOLDER_MARK}") + r"(.+)-(\d+)-[0-9a-f]{8}", name)
+            if m is None or m.group(1) != _host() or process_alive(int(m.group(2))):
+                continue
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(os.path.join(parent, name))
+    return removed
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())  # the output may be on a shared disk
 
 
 def move_folder_into_place(tmp: str, output_dir: str) -> None:
