@@ -10,6 +10,7 @@ script, which holds the whole generated table, reported this script's memory, no
 
     python bench/memory.py                      # 100k and 1M rows, csv/jsonl/parquet, file and stdin
     python bench/memory.py --sizes 20000,200000 --formats csv
+    python bench/memory.py --model shipped --sizes 10000,40000 --formats csv --modes file   # the real model
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--formats", default="csv,jsonl,parquet")
+    ap.add_argument("--modes", default="file,stdin")
+    ap.add_argument("--model", help="a model folder, or 'shipped' (default: a tiny random model: the streaming only)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     import pyarrow as pa
@@ -53,7 +56,12 @@ def main() -> None:
     from throughput import dataset_texts
 
     tmp = Path(tempfile.mkdtemp(prefix="emolabel-mem-"))
-    model = make_tiny_model(tmp / "tiny")
+    if a.model == "shipped":
+        from emolabel.config import default_model_dir
+
+        model = default_model_dir()
+    else:
+        model = Path(a.model) if a.model else make_tiny_model(tmp / "tiny")
     texts = dataset_texts(REPO.parent / "shared" / "data" / "emotion")
     results = []
     for n in map(int, a.sizes.split(",")):
@@ -69,7 +77,7 @@ def main() -> None:
                 import polars as pl
 
                 pl.from_arrow(table).write_ndjson(src)
-            for mode in ("file", "stdin"):
+            for mode in a.modes.split(","):
                 out = tmp / f"out.{fmt}"
                 cmd = [sys.executable, "-m", "emolabel", "tag", "-" if mode == "stdin" else str(src), "-o", str(out),
                        "--overwrite", "--model", str(model), "-q", "--input-format", fmt]
@@ -90,7 +98,7 @@ def main() -> None:
         print(f"\n| format | input | peak RSS {sizes[0]:,} rows | peak RSS {sizes[-1]:,} rows | growth |")
         print("| --- | --- | --- | --- | --- |")
         for fmt in a.formats.split(","):
-            for mode in ("file", "stdin"):
+            for mode in a.modes.split(","):
                 lo = next(r for r in results if r["rows"] == sizes[0] and r["format"] == fmt and r["input"] == mode)
                 hi = next(r for r in results if r["rows"] == sizes[-1] and r["format"] == fmt and r["input"] == mode)
                 print(f"| {fmt} | {mode} | {lo['peak_rss_mb']} MB | {hi['peak_rss_mb']} MB | "

@@ -88,6 +88,27 @@ def load_tokenizer(folder: Path, max_length: int):  # -> tokenizers.Tokenizer
     return tok
 
 
+def release_free_memory() -> None:
+    """Hand memory that was freed back to the system (glibc's malloc_trim; elsewhere nothing).
+
+    glibc keeps freed blocks in its arenas for reuse; with batches of ever-changing shapes (each
+    padded to its own longest row) the kept blocks fragment and resident memory crept up with the
+    rows labelled: 595 -> 770 MB over 14,000 rows with the shipped model, against a flat 450 MB
+    with a trim after each chunk (a few milliseconds)."""
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
 HUGE = 1 << 20  # characters: past this a text is only ever tokenized in part (see TextEncoder.encode)
 
 

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from emolabel.config import available_cpus
 from emolabel.errors import InputError, OutputError
-from emolabel.inference import Labeler, Prepared
+from emolabel.inference import Labeler, Prepared, release_free_memory
 from emolabel.labels import DEFAULT_PREFIX, append_columns, column_names, output_schema
 from emolabel.tables import Reader, Writer  # or checkpoint.CheckpointWriter: the same write()/commit()
 
@@ -205,6 +205,7 @@ def tag(
     with _BackgroundWriter(writer) as out:
         for batch, prep in _background(prepared(), depth=2):
             labelled = label_chunk(labeler, batch, prep, schema, min_score)
+            release_free_memory()  # memory stays flat over millions of rows
             summary.add(labelled, prefix, prep.truncated)
             out.submit(labelled, summary.stats())
             if progress is not None:
