@@ -23,7 +23,8 @@ from typing import Any
 import pyarrow as pa
 
 from emolabel.errors import OutputError
-from emolabel.tables import Format, Writer, file_sha256
+from emolabel.outputs import Writer
+from emolabel.tables import Format, file_sha256
 
 PROGRESS = "progress.json"
 

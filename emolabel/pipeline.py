@@ -26,7 +26,8 @@ from emolabel.config import available_cpus
 from emolabel.errors import InputError, OutputError
 from emolabel.inference import Labeler, Prepared, release_free_memory
 from emolabel.labels import DEFAULT_PREFIX, append_columns, column_names, output_schema
-from emolabel.tables import Reader, Writer  # or checkpoint.CheckpointWriter: the same write()/commit()
+from emolabel.outputs import Writer  # or checkpoint.CheckpointWriter: the same write()/commit()
+from emolabel.tables import Reader
 
 T = TypeVar("T")
 _DONE = object()
@@ -440,14 +441,14 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
     and advance(rows, bytes_read or None): bytes for CSV and JSON Lines files, whose row count is
     not known up front.
     """
-    from emolabel import checkpoint, tables
+    from emolabel import checkpoint, outputs, tables
     from emolabel.config import ModelConfig, default_model_dir
     from emolabel.errors import OptionError
     from emolabel.inference import resolve_device
 
     started = time.perf_counter()
     opts = options or TagOptions()
-    output = tables.resolve_output(output)
+    output = outputs.resolve_output(output)
     inputs = tables.expand_inputs(input)
     in_fmt = tables.format_of(inputs, opts.input_format)
     out_fmt = tables.Format(opts.output_format) if opts.output_format else None
@@ -461,11 +462,11 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
                               "name, or `output_format`.")
     # Progress can be committed and resumed only between regular files: a pipe or FIFO given as a
     # path cannot be read twice (fingerprinting it would steal rows from the reader).
-    checkpointed = not tables.is_stream(output) and all(p != tables.STDIO and tables.is_regular_file(p) for p in inputs)
+    checkpointed = not outputs.is_stream(output) and all(p != tables.STDIO and tables.is_regular_file(p) for p in inputs)
     if opts.resume and not checkpointed:
         raise OptionError("`resume` needs an input file and an output file (not stdin/stdout, a pipe or a FIFO).")
     for path in inputs:
-        tables.check_output(output, path, opts.overwrite)
+        outputs.check_output(output, path, opts.overwrite)
     if output == tables.STDIO and sys.stdout is not None and sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
         raise OptionError("Refusing to write Parquet to a terminal; write to a file.")
 
@@ -486,7 +487,7 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
         opts.check()
         schema = check_columns(reader.schema, reader.name, opts.text_column, labels, opts.prefix,
                                status=opts.min_score is not None)
-        tables.check_writable(schema, out_fmt, output)
+        outputs.check_writable(schema, out_fmt, output)
         labeler = Labeler(folder, device=opts.device, precision=opts.precision, batch_size=opts.batch_size,
                           max_tokens=opts.max_tokens, max_length=opts.max_length, threads=opts.threads)
         done = None
@@ -501,7 +502,7 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
                                                  opts.resume)
             done = writer.stats if writer.rows_done else None
         else:
-            writer = tables.Writer(output, out_fmt, schema)
+            writer = outputs.Writer(output, out_fmt, schema)
         advance = None
         if progress is not None:
             total = reader.total_rows if opts.limit is None else min(reader.total_rows or opts.limit, opts.limit)

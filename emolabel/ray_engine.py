@@ -19,7 +19,7 @@ internals are touched only in emolabel.ray_adapter. Install with `pip install 'e
   its own CPUs. Actors restart and their batches are retried when a worker process dies; a dead
   task's output is never written, so each row is written exactly once. An EmolabelError (a
   missing column, a bad row) is not retried: the job fails with it, naming the file.
-* Write: one part file per write task with tables.TableWriter; the counts for the Summary are
+* Write: one part file per write task with outputs.TableWriter; the counts for the Summary are
   taken as the parts are written. Then `_SUCCESS`, last. A local output is written to a
   temporary sibling folder that is renamed into place at the end (on failure, Ctrl-C or SIGTERM
   it is deleted; after a kill -9 the next run to that output deletes it, its name says whose it is).
@@ -53,7 +53,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from emolabel import tables
+from emolabel import outputs, tables
 from emolabel.errors import EmolabelError, InputError, OptionError
 from emolabel.pipeline import Summary, TagOptions
 from emolabel.ray_adapter import RAY_MISSING, READ_WRITE_CPUS, Signals
@@ -122,7 +122,7 @@ class RayEngine:
             raise OptionError("The Ray engine reads files, not stdin: give file paths, globs or URIs.")
         model = Path(opts.model or default_model_dir()).resolve()
         labels = list(ModelConfig.load(model).labels)  # a bad model folder fails here, before Ray starts
-        tables.check_output_folder(output, opts.overwrite, paths)
+        outputs.check_output_folder(output, opts.overwrite, paths)
         schemes = {p.split("://", 1)[0] if tables.is_uri(p) else "" for p in paths}
         if len(schemes) > 1:
             raise InputError("Inputs mix filesystems (local paths and URIs, or several schemes); use one per job.")
@@ -158,12 +158,12 @@ class RayEngine:
         target = None
         try:
             if remote:
-                fs, target = tables.prepare_uri_folder(output, opts.overwrite, SUCCESS)
+                fs, target = outputs.prepare_uri_folder(output, opts.overwrite, SUCCESS)
                 write_to = output
             else:
                 fs = pafs.LocalFileSystem()
-                tables.remove_stale_temp_folders(output)
-                write_to = target = tables.temp_folder(output)
+                outputs.remove_stale_temp_folders(output)
+                write_to = target = outputs.temp_folder(output)
             read = functools.partial(_read_file, scheme=scheme, fmt=fmt, opts=opts, labels=labels,
                                      id_column=self.id_column, chunk=chunk)
             try:
@@ -211,7 +211,7 @@ class RayEngine:
             if remote:
                 summary.files = [f"{output.split('://', 1)[0]}://{p}" for p in parts]
             else:
-                tables.move_folder_into_place(write_to, output)
+                outputs.move_folder_into_place(write_to, output)
                 summary.files = [os.path.join(os.path.abspath(output), os.path.relpath(p, write_to)) for p in parts]
             return summary
         except BaseException:
@@ -345,6 +345,6 @@ def _count_part(prefix: str, table: pa.Table) -> tuple[pa.Table, dict]:
 
 
 def _write_part(fmt: tables.Format, table: pa.Table, file: Any) -> None:
-    writer = tables.TableWriter(file, fmt, table.schema)
+    writer = outputs.TableWriter(file, fmt, table.schema)
     writer.write(table)
     writer.close()

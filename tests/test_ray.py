@@ -424,7 +424,7 @@ def test_kill_9_leaves_a_temp_folder_the_next_run_removes_and_ray_stops_by_itsel
 
 
 def test_only_a_dead_runs_temp_folder_is_removed(tmp_path):
-    from emolabel.tables import remove_stale_temp_folders, temp_folder
+    from emolabel.outputs import remove_stale_temp_folders, temp_folder
 
     out = tmp_path / "out"
     mine = Path(temp_folder(str(out)))  # this (live) process's

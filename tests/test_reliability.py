@@ -107,12 +107,12 @@ def test_a_failed_final_copy_keeps_the_committed_progress(tmp_path, tiny_model, 
     """Disk full while the parts are copied into the target: the hours of labelling stay for --resume."""
     src = write_table(_table(50), tmp_path / "in.csv", "csv")
     out = tmp_path / "out.parquet"
-    from emolabel import tables
+    from emolabel import outputs
 
     def full(self, batch, stats=None):
         raise OutputError(f"Disk full while writing {self.target}; nothing was written there.")
 
-    monkeypatch.setattr(tables.Writer, "write", full)
+    monkeypatch.setattr(outputs.Writer, "write", full)
     with pytest.raises(OutputError, match="Disk full"):
         emolabel.tag_file(str(src), str(out), model=str(tiny_model), chunk_rows=10)
     monkeypatch.undo()
