@@ -155,6 +155,9 @@ def tag(
       emolabel tag 'data/*.parquet' -o labelled/ --engine ray --workers 2-8
     """
 
+    import time
+
+    begun = time.perf_counter()  # the summary's start-up includes loading torch and the libraries
     from emolabel import engines
     from emolabel.pipeline import TagOptions
 
@@ -179,7 +182,9 @@ def tag(
             warnings.showwarning = show
             runner = engines.make(engine, workers=workers, cpus_per_worker=cpus_per_worker,
                                   gpus_per_worker=gpus_per_worker, ray_address=ray_address, id_column=id_column)
+            loading = time.perf_counter() - begun
             summary = engines.run(runner, list(inputs), output, options, progress=progress)
+            summary.seconds, summary.startup = summary.seconds + loading, summary.startup + loading
     except BrokenPipeError:
         _quiet_broken_pipe()
     except Interrupted as e:
