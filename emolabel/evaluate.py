@@ -176,6 +176,7 @@ def write_predictions(path: str, tables: list[Any], probs: list[np.ndarray], lab
     from emolabel import tables as tb
     from emolabel.errors import OutputError
     from emolabel.labels import label_columns
+    from emolabel.outputs import Writer
 
     fmt = tb.format_from_suffix(path)
     if fmt is None:
@@ -191,7 +192,7 @@ def write_predictions(path: str, tables: list[Any], probs: list[np.ndarray], lab
             "wrong": pa.array(np.asarray(cols["emotion"].to_pylist(), dtype=object) != gold.to_numpy(zero_copy_only=False)),
         }))
     table = pa.concat_tables(parts)
-    writer = tb.Writer(path, fmt, table.schema)
+    writer = Writer(path, fmt, table.schema)
     try:
         for batch in table.to_batches(65536):
             writer.write(batch)

@@ -329,8 +329,10 @@ class _BackgroundWriter:
     def _work(self) -> None:
         while True:
             item = self.q.get()
-            if item is _DONE or self.error is not None:
+            if item is _DONE:
                 return
+            if self.error is not None:
+                continue  # after an error, drain: a put() on the main thread must never wait on a dead writer
             try:
                 self.writer.write(*item)
             except BaseException as e:  # noqa: BLE001 - raised on the main thread
@@ -352,10 +354,12 @@ class _BackgroundWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
             self.error = self.error or OutputError("stopped")
-            try:
-                self.q.put_nowait(_DONE)
-            except queue.Full:
-                pass
+            while self.thread.is_alive():  # the writer drains the queue, so _DONE gets in
+                try:
+                    self.q.put(_DONE, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
             self.thread.join(timeout=5)  # let a write in progress end before the file is dropped
             return
         self.q.put(_DONE)

@@ -267,3 +267,34 @@ def test_gzip_on_stdin_is_detected_and_read(tmp_path, tiny_model, fmt):
     from helpers import read_bytes
 
     assert [str(v) for v in read_bytes(r.stdout_bytes, fmt).column("id").to_pylist()] == [str(i) for i in range(7)]
+
+
+def test_a_write_error_while_the_queue_is_full_ends_the_run_instead_of_hanging():
+    """The writer thread stopped taking items after an error; a main thread blocked on the full
+    queue (the last chunk) then waited forever."""
+    import threading
+    import time
+
+    from conftest import PATIENCE
+
+    from emolabel.pipeline import _BackgroundWriter
+
+    class Failing:
+        def write(self, batch, stats=None):
+            time.sleep(0.2)  # slower than the producer: the queue is full when the error comes
+            raise OSError("disk full")
+
+    result: list = []
+
+    def run() -> None:
+        try:
+            with _BackgroundWriter(Failing()) as out:
+                for _ in range(4):
+                    out.submit(pa.record_batch({"a": [1]}))
+        except OSError as e:
+            result.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(PATIENCE)  # a hang safety net; it ends in about a second
+    assert not t.is_alive() and result and "disk full" in str(result[0])
