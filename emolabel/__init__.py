@@ -47,12 +47,13 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
 
 
 def label_frame(frame: Any, text_column: str = "text", model: str | None = None, min_score: float | None = None,
-                prefix: str = "emotion", labeler: Labeler | None = None) -> Any:
+                prefix: str | None = None, labeler: Labeler | None = None) -> Any:
     """A Polars or pandas DataFrame (or pyarrow Table) with `tag`'s label columns added: a new
     frame of the same kind, rows in order. Pass `labeler` (from load()) to reuse a loaded model."""
+    from emolabel.labels import DEFAULT_PREFIX
     from emolabel.pipeline import label_frame as run
 
-    return run(frame, labeler or load(model), text_column, prefix, min_score)
+    return run(frame, labeler or load(model), text_column, prefix or DEFAULT_PREFIX, min_score)
 
 
 __all__ = ["__version__", "label_frame", "load", "tag_file"]

@@ -73,8 +73,8 @@ def cli() -> None:
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for the model [all cores].")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV/JSON Lines input, e.g. latin-1.")
 @click.option("--delimiter", help="CSV input: the field separator [a tab for .tsv, else ,], e.g. ';'.")
-@click.option("--detect-types", is_flag=True, help="CSV input: give numbers and booleans their types (else every "
-              "column is text, written back exactly); the text column stays text.")
+@click.option("--detect-types", is_flag=True, help="CSV input: give numbers, booleans and ISO dates/timestamps their "
+              "types (else every column is text, written back exactly); the text column stays text.")
 @click.option("--empty-null", is_flag=True, help="CSV input: an empty cell is null (else an empty string).")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="A malformed CSV row or JSON line: stop, or leave it out and report its line.")

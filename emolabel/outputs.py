@@ -169,20 +169,22 @@ class TableWriter:
 
 def _remove_stale_temps(target: Path) -> None:
     """Temporary files of runs to `target` that were killed (kill -9, power loss) before cleaning
-    up: their process (the pid in the name) is gone, so nobody will finish them."""
+    up: their process on this host (HOST-PID in the name) is gone, so nobody will finish them."""
     for stray in target.parent.glob(f".{target.name}.*.emolabel-tmp"):
-        pid = stray.name[len(target.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not process_alive(int(pid)):
+        m = re.fullmatch(re.escape(f".{target.name}.") + r"(.+)-(\d+)\..*\.emolabel-tmp", stray.name)
+        if m and m.group(1) == _host() and not process_alive(int(m.group(2))):
             stray.unlink(missing_ok=True)
 
 
 def process_alive(pid: int) -> bool:
     """Whether a process of this machine still runs (the owner of a temporary file or folder)."""
+    if os.name != "posix":  # os.kill(pid, 0) is no probe there: never take a file for a dead run's
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process
+    except OSError:  # someone else's process (PermissionError), or no way to tell
         return True
     return True
 
@@ -208,7 +210,8 @@ class Writer:
             p = Path(target)
             _remove_stale_temps(p)
             try:
-                fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{os.getpid()}.", suffix=".emolabel-tmp", dir=p.parent)
+                fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{_host()}-{os.getpid()}.", suffix=".emolabel-tmp",
+                                           dir=p.parent)
             except OSError as e:
                 raise OutputError(f"Cannot write {target}: {e.strerror or e}.") from None
             self.tmp = Path(tmp)

@@ -84,9 +84,9 @@ class Summary:
                    label_counts=Counter({k: int(v) for k, v in stats.get("labels", {}).items() if v}))
 
 
-def check_text_column(schema: pa.Schema, name: str, text_column: str) -> None:
+def check_text_column(schema: pa.Schema, name: str, text_column: str, warn: bool = True) -> None:
     """The text column exists in `schema` of input `name` (else the nearest names are offered) and
-    holds text."""
+    holds text (numbers are labelled as their text, with a warning unless `warn` is off)."""
     import difflib
 
     names = schema.names
@@ -109,8 +109,8 @@ def check_text_column(schema: pa.Schema, name: str, text_column: str) -> None:
     if pa.types.is_nested(typ):
         raise InputError(f"Column {text_column!r} of {name} holds {typ} values, not text. Use `text_column` to choose "
                          f"a text column ({', '.join(f.name for f in schema if pa.types.is_string(f.type)) or 'none'}).")
-    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
-            or pa.types.is_null(typ)):
+    if warn and not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
+                     or pa.types.is_null(typ)):
         import warnings
 
         from emolabel.errors import EmolabelWarning
@@ -123,10 +123,10 @@ def check_text_column(schema: pa.Schema, name: str, text_column: str) -> None:
 
 
 def check_columns(schema: pa.Schema, name: str, text_column: str, labels: list[str], prefix: str,
-                  status: bool = False, added: tuple[str, ...] = ()) -> pa.Schema:
+                  status: bool = False, added: tuple[str, ...] = (), warn: bool = True) -> pa.Schema:
     """Fail before any work if the text column is missing or a new column would clash; returns
     the output schema. `added`: columns an engine adds besides the labels (Ray's row id)."""
-    check_text_column(schema, name, text_column)
+    check_text_column(schema, name, text_column, warn)
     clash = [c for c in [*column_names(labels, prefix, status), *added] if c in schema.names]
     if clash:
         raise InputError(
@@ -161,7 +161,7 @@ def tag(
     stats); that many input rows are skipped, a whole chunk at a time.
     """
     schema = check_columns(reader.schema, reader.name, text_column, labeler.labels, prefix,
-                           status=min_score is not None)
+                           status=min_score is not None, warn=False)  # tag_file warned already
     if workers is None:  # on a GPU the CPU side is the bottleneck; on the CPU the model is
         workers = max(1, min(4, available_cpus() // 4)) if labeler.device.type == "cuda" else 1
     summary = Summary.from_stats(resume_from) if resume_from else Summary()
@@ -273,6 +273,23 @@ def _small_first(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     yield from it
 
 
+def _start(thread: threading.Thread) -> None:
+    """Start a thread with SIGINT/SIGTERM held back meanwhile: a Ctrl-C that raises in the middle of
+    Thread.start() leaves threading's bookkeeping half done ("Exception ignored in thread started
+    by ... KeyError" at exit). The signal is delivered right after, and the thread never takes it."""
+    import signal
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        thread.start()
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _background(items: Iterator[T], depth: int) -> Iterator[T]:
     """Run an iterator in a daemon thread, `depth` items ahead; its exceptions re-raise here."""
     q: queue.Queue = queue.Queue(depth)
@@ -297,7 +314,7 @@ def _background(items: Iterator[T], depth: int) -> Iterator[T]:
             put((False, e))
 
     thread = threading.Thread(target=work, name="emolabel-read", daemon=True)
-    thread.start()
+    _start(thread)
     try:
         while True:
             try:
@@ -323,7 +340,7 @@ class _BackgroundWriter:
         self.thread = threading.Thread(target=self._work, name="emolabel-write", daemon=True)
 
     def __enter__(self) -> _BackgroundWriter:
-        self.thread.start()
+        _start(self.thread)
         return self
 
     def _work(self) -> None:
@@ -394,7 +411,7 @@ class TagOptions:
     encoding: str = "utf-8"  # of CSV / JSON Lines / lines input
     on_error: str = "fail"  # a malformed row: "fail", or "skip" it and report its line
     delimiter: str | None = None  # of CSV input; None: a tab for .tsv, else a comma
-    detect_types: bool = False  # CSV input: numbers and booleans typed (else every column is text)
+    detect_types: bool = False  # CSV input: numbers, booleans, ISO dates typed (else every column is text)
     empty_null: bool = False  # CSV input: an empty cell is null (else "")
     min_score: float | None = None  # rows whose top probability is lower get no label, status "uncertain"
     limit: int | None = None  # label only the first N rows (a quick try on a big file)
@@ -424,6 +441,26 @@ class TagOptions:
             raise OptionError("`prefix` cannot be empty: the new columns would be named '', '_score', ...")
         if self.min_score is not None and not 0 <= self.min_score <= 1:
             raise OptionError(f"`min_score` must be between 0 and 1, not {self.min_score}.")
+        for name in ("chunk_rows", "batch_size", "max_tokens", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise OptionError(f"`{name}` must be at least 1, not {getattr(self, name)}.")
+        from emolabel.config import FORMATS, INPUT_FORMATS
+
+        for name, known in (("input_format", INPUT_FORMATS), ("output_format", FORMATS)):
+            if getattr(self, name) not in (None, *known):
+                raise OptionError(f"Unknown `{name}` {getattr(self, name)!r}: use {', '.join(known)}.")
+        if self.delimiter is not None and (len(self.delimiter) != 1 or self.delimiter in "\"\r\n"):
+            raise OptionError(f"`delimiter` must be one character (not a quote or a line break), not {self.delimiter!r}.")
+        if self.on_error not in ("fail", "skip"):
+            raise OptionError(f"Unknown `on_error` {self.on_error!r}: use fail or skip.")
+
+    def check_input(self, fmt: Any) -> None:
+        """CSV's reading options given for another input format would do nothing: refused."""
+        csv_only = [f"`{n}`" for n in ("delimiter", "detect_types", "empty_null") if getattr(self, n)]
+        if csv_only and fmt.value != "csv":
+            from emolabel.errors import OptionError
+
+            raise OptionError(f"{', '.join(csv_only)} only apply to CSV input, and the input is {fmt.value}.")
 
     def read_options(self) -> dict[str, Any]:
         """tables.open_input / open_stream's options for this run."""
@@ -452,6 +489,7 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
 
     started = time.perf_counter()
     opts = options or TagOptions()
+    opts.check()
     output = outputs.resolve_output(output)
     inputs = tables.expand_inputs(input)
     in_fmt = tables.format_of(inputs, opts.input_format)
@@ -485,12 +523,12 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
             out_fmt = reader.format if reader.format in tables.WRITABLE else tables.Format.CSV
             if sys.stdout is not None and sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
                 raise OptionError("Refusing to write Parquet to a terminal; give another `output_format`.")
+        opts.check_input(reader.format)
         check_text_column(reader.schema, reader.name, opts.text_column)  # before the model loads: fail fast
         folder = Path(opts.model) if opts.model else default_model_dir()
         labels = ModelConfig.load(folder).labels
-        opts.check()
         schema = check_columns(reader.schema, reader.name, opts.text_column, labels, opts.prefix,
-                               status=opts.min_score is not None)
+                               status=opts.min_score is not None, warn=False)
         outputs.check_writable(schema, out_fmt, output)
         labeler = Labeler(folder, device=opts.device, precision=opts.precision, batch_size=opts.batch_size,
                           max_tokens=opts.max_tokens, max_length=opts.max_length, threads=opts.threads)

@@ -19,12 +19,10 @@ internals are touched only in emolabel.ray_adapter. Install with `pip install 'e
   its own CPUs. Actors restart and their batches are retried when a worker process dies; a dead
   task's output is never written, so each row is written exactly once. An EmolabelError (a
   missing column, a bad row) is not retried: the job fails with it, naming the file.
-* Write: one part file per write task with outputs.TableWriter; the counts for the Summary are
-  taken as the parts are written. Then `_SUCCESS`, last. A local output is written to a
-  temporary sibling folder that is renamed into place at the end (on failure, Ctrl-C or SIGTERM
-  it is deleted; after a kill -9 the next run to that output deletes it, its name says whose it is).
-  Object stores cannot rename: parts go in place and only `_SUCCESS` tells a finished output
-  (with `overwrite`, the old output is deleted first; a failed job deletes what it wrote).
+* Write: one part file per write task with outputs.TableWriter, counted as written; `_SUCCESS`
+  last. A local output goes to a temporary sibling folder renamed into place at the end (deleted
+  on failure or a signal; after a kill -9, by the next run to that output). Object stores cannot
+  rename: parts go in place and only `_SUCCESS` tells a finished output.
 
 Signals: Ctrl-C and SIGTERM end a job as they end a local run (exit 130/143, one line, Ray's
 processes stopped); ray_adapter.Signals says how, and what a kill -9 leaves.
@@ -32,9 +30,6 @@ processes stopped); ray_adapter.Signals says how, and what a kill -9 leaves.
 Limits: on a cluster, local inputs and the model folder must be on every node (or use object-store
 inputs); one format and one filesystem per job; no row order (join on the id). Ray's core prints
 one "constructor arguments in the object store and max_restarts > 0" line per job (#53727): harmless.
-
-Fault-injection hook (tests only): if the environment variable `EMOLABEL_RAY_CRASH_ONCE` names a
-marker file, the first actor call that creates that file kills its own process before labelling.
 """
 
 from __future__ import annotations
@@ -59,7 +54,7 @@ from emolabel.pipeline import Summary, TagOptions
 from emolabel.ray_adapter import RAY_MISSING, READ_WRITE_CPUS, Signals
 
 __all__ = ["RAY_MISSING", "RayEngine", "tag_with_ray"]
-CRASH_ENV = "EMOLABEL_RAY_CRASH_ONCE"  # fault-injection hook for tests, see the module docstring
+CRASH_ENV = "EMOLABEL_RAY_CRASH_ONCE"  # tests only: names a marker file; the first actor to create it dies
 SUCCESS = "_SUCCESS"
 SOURCE_COLUMN = "__emolabel_source"  # internal: each row's file, for error messages; dropped by the actors
 CUT_COLUMN = "__emolabel_cut"  # internal: True where a text was truncated; counted and dropped by the writer
@@ -104,22 +99,22 @@ class RayEngine:
     def run(self, inputs: list[str], output: str, options: TagOptions, progress: Any = None) -> Summary:
         """Label every row of `inputs` into the folder `output`; see the module docstring."""
         from emolabel import ray_adapter as adapter
-        from emolabel.config import FORMATS, ModelConfig, available_cpus, default_model_dir
+        from emolabel.config import ModelConfig, available_cpus, default_model_dir
 
         started = time.perf_counter()
         opts = options
         opts.check()
         if output == tables.STDIO:
             raise OptionError("The Ray engine writes a folder of part files: give `output` FOLDER.")
-        if opts.output_format not in (None, *FORMATS):
-            raise OptionError(f"Unknown output format {opts.output_format!r}: use {', '.join(FORMATS)}.")
         pool = self.pool()
-        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or (opts.chunk_rows or 1) < 1:
-            raise OptionError("`chunk_rows` and `cpus_per_worker` must be positive, `gpus_per_worker` not negative.")
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            raise OptionError("`cpus_per_worker` must be positive, `gpus_per_worker` not negative.")
         paths = tables.expand_inputs(inputs, folders=True, absolute=True)
         fmt = tables.format_of(paths, opts.input_format)
         if fmt is None:
             raise OptionError("The Ray engine reads files, not stdin: give file paths, globs or URIs.")
+        opts.check_input(fmt)
+        first = tables.schema_of(paths[0], fmt, opts.chunk_rows or CHUNK_ROWS, **opts.read_options())  # all match it
         model = Path(opts.model or default_model_dir()).resolve()
         labels = list(ModelConfig.load(model).labels)  # a bad model folder fails here, before Ray starts
         outputs.check_output_folder(output, opts.overwrite, paths)
@@ -130,20 +125,22 @@ class RayEngine:
         ray = adapter.import_ray()
         with adapter.Signals() as signals:  # SIGINT/SIGTERM stay the caller's (the CLI: exit 130/143)
             started_here = adapter.start(ray, self.ray_address, available_cpus(), signals)
+            startup = time.perf_counter() - started
             try:
                 if started_here and adapter.is_local(self.ray_address):  # a pool that cannot fit would wait forever
                     adapter.check_fits(ray, pool if isinstance(pool, int) else pool[0], self.cpus_per_worker,
                                        self.gpus_per_worker)
                 with adapter.quiet():
-                    summary = self._job(ray, paths, fmt, output, opts, labels, model, pool, signals)
+                    summary = self._job(ray, paths, fmt, output, opts, labels, model, pool, signals, first)
             finally:
                 if started_here:  # also on a signal: Ray's raylet, GCS and workers end with this process
                     ray.shutdown()
-        summary.seconds = time.perf_counter() - started
+        summary.seconds, summary.startup = time.perf_counter() - started, startup
         return summary
 
     def _job(self, ray: Any, paths: list[str], fmt: tables.Format, output: str, opts: TagOptions,
-             labels: list[str], model: Path, pool: int | tuple[int, int], signals: Signals) -> Summary:
+             labels: list[str], model: Path, pool: int | tuple[int, int], signals: Signals,
+             first: pa.Schema | None) -> Summary:
         import pyarrow.fs as pafs
         from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
@@ -165,7 +162,7 @@ class RayEngine:
                 outputs.remove_stale_temp_folders(output)
                 write_to = target = outputs.temp_folder(output)
             read = functools.partial(_read_file, scheme=scheme, fmt=fmt, opts=opts, labels=labels,
-                                     id_column=self.id_column, chunk=chunk)
+                                     id_column=self.id_column, chunk=chunk, first=(paths[0], first))
             try:
                 source = adapter.files_datasource(paths, read, parquet=fmt is tables.Format.PARQUET)
             except (OSError, ValueError, pa.ArrowException) as e:  # listing: a missing file or prefix
@@ -240,7 +237,7 @@ def tag_with_ray(inputs: list[str] | str, output_dir: str, *, workers: Any = 1, 
 
 
 def _read_file(f: Any, path: str, *, scheme: str, fmt: tables.Format, opts: TagOptions, labels: list[str],
-               id_column: str | None, chunk: int) -> Iterator[pa.Table]:
+               id_column: str | None, chunk: int, first: tuple[str, pa.Schema | None]) -> Iterator[pa.Table]:
     """One file, from its first byte: checked, each row given its id and its file."""
     import numpy as np
     import pyarrow.compute as pc
@@ -256,6 +253,8 @@ def _read_file(f: Any, path: str, *, scheme: str, fmt: tables.Format, opts: TagO
     row_id = None if id_column else f"{opts.prefix}_row_id"
     check_columns(reader.schema, name, opts.text_column, labels, opts.prefix, opts.min_score is not None,
                   added=(row_id, SOURCE_COLUMN) if row_id else (SOURCE_COLUMN,))
+    if first[1] is not None:  # then the same columns and types as the first file (the local engine's rule)
+        tables.check_same_columns(name, reader.schema, first[0], first[1])
     if id_column is not None and id_column not in reader.schema.names:
         raise InputError(f"id column {id_column!r} not found in {name}. Available columns: "
                          f"{', '.join(reader.schema.names)}.")

@@ -226,8 +226,9 @@ def open_stream(name: str, source: Any, fmt: Format, *, chunk_rows: int = 16384,
     from an object store): CSV, JSON Lines and lines from a binary stream, Parquet from a path or
     a seekable file. `name` is what messages call it; every reader option is honoured.
 
-    CSV only: `delimiter` (default ","); `detect_types`: numbers and booleans get types from the
-    first block (else every column is text, which round-trips exactly), except `text_column`;
+    CSV only: `delimiter` (default ","); `detect_types`: numbers, booleans, ISO dates and
+    timestamps get types from the first block, pyarrow's inference (else every column is text,
+    which round-trips exactly), except `text_column`;
     `empty_null`: an empty cell is null (else "")."""
     if on_error not in ("fail", "skip"):
         raise InputError(f"Unknown `on_error` {on_error!r}: use fail or skip.")
@@ -268,6 +269,7 @@ def expand_inputs(inputs: list[str] | str, folders: bool = False, absolute: bool
     if not inputs:
         raise InputError("No input given: pass one or more files or globs.")
     out: list[str] = []
+    globbed: dict[str, bool] = {}  # glob matches may overlap each other and named files: kept once
     for p in inputs:
         if p == STDIO:
             if len(inputs) > 1:
@@ -290,7 +292,14 @@ def expand_inputs(inputs: list[str] | str, folders: bool = False, absolute: bool
         if not matches:
             raise InputError(f"No files match {p}.")
         out.extend(matches)
-    return list(dict.fromkeys(out))
+        globbed.update(dict.fromkeys(matches, True))
+    seen: dict[str, str] = {}
+    for p in out:  # a file given twice would be labelled twice, or (deduplicated) lose its second rows
+        key = p if is_uri(p) else os.path.realpath(p)
+        if key in seen and not globbed.get(p) and not globbed.get(seen[key]):
+            raise InputError(f"{p} is given twice (also as {seen[key]}); give each input once.")
+        seen.setdefault(key, p)
+    return list(dict.fromkeys(seen.values()))
 
 
 def _glob_uri(pattern: str) -> list[str]:
@@ -370,9 +379,7 @@ def open_inputs(paths: list[str], fmt: Format | None = None, *, source_column: s
             state["reader"] = reader
             try:
                 if reader.schema != first.schema:
-                    raise InputError(
-                        f"{reader.name} has columns {_columns(reader.schema)}, but {first.name} (the first input) "
-                        f"has {_columns(first.schema)}; files labelled together need the same columns.")
+                    check_same_columns(reader.name, reader.schema, first.name, first.schema)
                 for batch in reader:
                     if source_column is not None:
                         col = pa.repeat(pa.scalar(path, pa.string()), batch.num_rows)
@@ -392,6 +399,34 @@ def open_inputs(paths: list[str], fmt: Format | None = None, *, source_column: s
                  bytes_read=bytes_read if total_bytes is not None else None)
     out._closers.append(lambda: state["reader"].close())
     return out
+
+
+def check_same_columns(name: str, schema: pa.Schema, first_name: str, first: pa.Schema) -> None:
+    """Files labelled together have the same columns and types (nothing is silently retyped)."""
+    if schema != first:
+        raise InputError(f"{name} has columns {_columns(schema)}, but {first_name} (the first input) has "
+                         f"{_columns(first)}; files labelled together need the same columns.")
+
+
+def schema_of(path: str, fmt: Format, chunk_rows: int, **read: Any) -> pa.Schema | None:
+    """The schema the readers give a file (local or an object-store URI; None for a folder)."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, where = pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), path)
+        if fs.get_file_info(where).type != pafs.FileType.File:
+            return None
+        source = fs.open_input_file(where) if fmt is Format.PARQUET else io.BufferedReader(fs.open_input_stream(where))
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise InputError(f"Cannot read {path}: {e}") from None
+    if fmt is Format.CSV and read.get("delimiter") is None:
+        read["delimiter"] = default_delimiter(path)
+    with source:
+        reader = open_stream(path, source, fmt, chunk_rows=chunk_rows, **read)
+        try:
+            return reader.schema
+        finally:
+            reader.close()
 
 
 def _columns(schema: pa.Schema) -> str:

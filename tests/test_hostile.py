@@ -302,12 +302,16 @@ def test_temporary_files_of_a_killed_run_are_cleaned_by_the_next(tmp_path, tiny_
     src.write_text("text\ni feel happy\n")
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = tmp_path / f".o.csv.{dead.pid}.abc123.emolabel-tmp"
-    mine = tmp_path / f".o.csv.{os.getpid()}.def456.emolabel-tmp"  # a live process's: kept
+    from emolabel.outputs import _host
+
+    stale = tmp_path / f".o.csv.{_host()}-{dead.pid}.abc123.emolabel-tmp"
+    mine = tmp_path / f".o.csv.{_host()}-{os.getpid()}.def456.emolabel-tmp"  # a live process's: kept
+    other = tmp_path / f".o.csv.otherhost-{dead.pid}.ghi789.emolabel-tmp"  # another host's (a shared disk): kept
+    other.write_bytes(b"half")
     stale.write_bytes(b"half")
     mine.write_bytes(b"half")
     r = tag(tiny_model, src, out=str(tmp_path / "o.csv"))
-    assert r.exit_code == 0 and not stale.exists() and mine.exists()
+    assert r.exit_code == 0 and not stale.exists() and mine.exists() and other.exists()
 
 
 def test_a_second_ctrl_c_during_clean_up_gives_no_traceback(tmp_path, tiny_model):

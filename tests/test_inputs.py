@@ -22,7 +22,10 @@ def test_a_semicolon_file_gets_a_hint_and_is_read_with_delimiter(tmp_path, tiny_
     lines = ok.stdout.splitlines()
     assert lines[0].startswith('"id","text","emotion"') and lines[2].startswith('"2","sad; so sad",')
     bad = invoke("tag", str(src), "--delimiter", ";;", "-o", "-", "--model", str(tiny_model))
-    assert bad.exit_code == 1 and "one character" in bad.stderr
+    assert bad.exit_code == 2 and "one character" in bad.stderr  # a misused option
+    (tmp_path / "x.jsonl").write_text('{"text": "hi"}\n')
+    other = invoke("tag", str(tmp_path / "x.jsonl"), "--delimiter", ";", "-o", "-", "--model", str(tiny_model))
+    assert other.exit_code == 2 and "--delimiter only apply to CSV input, and the input is jsonl" in other.stderr
 
 
 def test_tsv_in_and_out_by_name(tmp_path, tiny_model):
@@ -53,7 +56,8 @@ def test_plain_text_lines_file_and_stdin(tmp_path, tiny_model):
 
 def test_detect_types_and_empty_null_give_typed_parquet(tmp_path, tiny_model):
     src = tmp_path / "survey.csv"
-    src.write_text("id,rating,ok,text\n1,4.5,true,i feel happy\n2,,false,\n3,2,true,123\n")
+    src.write_text("id,rating,ok,when,text\n1,4.5,true,2024-01-05T10:00:00,i feel happy\n2,,false,,\n"
+                   "3,2,true,2024-02-01T00:00:00,123\n")
     plain = invoke("tag", str(src), "-o", str(tmp_path / "plain.parquet"), "--model", str(tiny_model))
     assert plain.exit_code == 0
     t = pq.read_table(tmp_path / "plain.parquet")
@@ -65,6 +69,7 @@ def test_detect_types_and_empty_null_give_typed_parquet(tmp_path, tiny_model):
     assert t.schema.field("id").type == "int64" and t.schema.field("ok").type == "bool"
     assert t.column("rating").to_pylist() == [4.5, None, 2.0]
     assert t.column("text").to_pylist() == ["i feel happy", None, "123"]  # the text column stays text
+    assert str(t.schema.field("when").type).startswith("timestamp")  # ISO dates too, as the README says
     assert t.column("emotion").to_pylist()[1] is None
 
 

@@ -30,7 +30,7 @@ psutil = pytest.importorskip("psutil")  # the run's Ray processes, in the signal
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),
               pytest.mark.filterwarnings("ignore:The maximum number of concurrent tasks:UserWarning")]
 
-from emolabel.errors import EmolabelError, InputError, OutputError  # noqa: E402
+from emolabel.errors import InputError, OptionError, OutputError  # noqa: E402
 from emolabel.ray_engine import CRASH_ENV, RAY_MISSING, SUCCESS, tag_with_ray  # noqa: E402
 
 JOB_TIMEOUT = PATIENCE  # a hang safety net, not a speed check: a healthy job takes about 5 s here
@@ -214,7 +214,7 @@ def test_up_front_errors(tiny_model, tmp_path):
     with pytest.raises(InputError, match="format"):  # (.txt is a format now: plain text lines)
         (tmp_path / "x.dat").write_text("text\nhi\n")
         tag_with_ray([str(tmp_path / "x.dat")], str(tmp_path / "o"), model=str(tiny_model))
-    with pytest.raises(EmolabelError, match="output format"):
+    with pytest.raises(OptionError, match="Unknown `output_format`"):
         tag_with_ray([str(tmp_path / "x.dat")], str(tmp_path / "o"), model=str(tiny_model), output_format="xlsx")
 
 
@@ -439,3 +439,12 @@ def test_only_a_dead_runs_temp_folder_is_removed(tmp_path):
     assert remove_stale_temp_folders(str(out)) == [str(gone)]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(d.name for d in (mine, elsewhere, old_style,
                                                                                    other_output))
+
+
+def test_files_of_other_types_are_refused_as_the_local_engine_does(tiny_model, tmp_path):
+    """Ray wrote {"v": 1.5} and {"v": 1} as 1.0 and 1.5 under one type: a silent retype."""
+    (tmp_path / "a.jsonl").write_text('{"text": "i feel happy", "v": 1}\n')
+    (tmp_path / "b.jsonl").write_text('{"text": "so sad", "v": 1.5}\n')
+    with pytest.raises(InputError, match=r"b.jsonl has columns .*v \(double\).*files labelled together need the same"):
+        run_job([str(tmp_path / "*.jsonl")], str(tmp_path / "out"), model=str(tiny_model), chunk_rows=16, device="cpu")
+    assert not (tmp_path / "out").exists()

@@ -221,19 +221,47 @@ def test_several_local_inputs_in_file_order_with_a_source_column(tmp_path, tiny_
     assert one.exit_code == 0
 
 
-def test_several_inputs_need_the_same_columns_and_resume_covers_all_of_them(tmp_path, tiny_model):
+def test_several_inputs_need_the_same_columns_format_and_each_given_once(tmp_path, tiny_model):
     a = write_table(sample_table(20), tmp_path / "a.csv", "csv")
     b = tmp_path / "b.csv"
     b.write_text("id,body\n1,hello\n")
     r = invoke("tag", str(a), str(b), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model))
     assert r.exit_code == 1 and str(b) in r.stderr and "same columns" in r.stderr
     assert not (tmp_path / "o.csv").exists()
-    mixed = invoke("tag", str(a), str(tmp_path / "x.jsonl"), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model))
-    assert mixed.exit_code == 1 and "does not exist" in mixed.stderr
-    from emolabel import checkpoint
+    j = write_table(sample_table(5), tmp_path / "c.jsonl", "jsonl")
+    mixed = invoke("tag", str(a), str(j), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model))
+    assert mixed.exit_code == 1 and "Inputs mix formats" in mixed.stderr
+    twice = invoke("tag", str(a), str(tmp_path / "." / "a.csv"), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model))
+    assert twice.exit_code == 1 and "is given twice" in twice.stderr
+    overlap = invoke("tag", str(a), str(tmp_path / "*.csv"), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model),
+                     "--text-column", "text")  # a glob overlapping a named file: each file once
+    assert "is given twice" not in overlap.stderr
 
-    fp = checkpoint.fingerprint([str(a), str(a)], tiny_model, {})
-    assert [d["sha256"] for d in fp["input"]] == [checkpoint.file_sha256(a)] * 2
+
+def test_resume_of_several_inputs_refuses_a_changed_second_input(tmp_path, tiny_model, monkeypatch):
+    from emolabel import checkpoint, pipeline, tag_file
+    from emolabel.errors import OutputError
+
+    a = write_table(sample_table(300, seed=1), tmp_path / "a.csv", "csv")
+    b = write_table(sample_table(300, seed=2), tmp_path / "b.csv", "csv")
+    out = tmp_path / "o.csv"
+    real = pipeline.label_chunk
+    calls = []
+
+    def dies_on_the_third(*args, **kwargs):  # an interrupted run: two chunks committed
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "label_chunk", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        tag_file([str(a), str(b)], str(out), model=str(tiny_model), chunk_rows=100)
+    monkeypatch.undo()
+    assert checkpoint.resume_dir(str(out)).exists() and not out.exists()
+    b.write_text(b.read_text().replace("happy", "HAPPY"))
+    with pytest.raises(OutputError, match="input"):
+        tag_file([str(a), str(b)], str(out), model=str(tiny_model), chunk_rows=100, resume=True)
 
 
 def test_progress_moves_by_bytes_for_csv_and_jsonl_files(tmp_path, tiny_model):
