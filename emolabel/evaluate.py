@@ -144,28 +144,11 @@ PROGRESS_BATCHES = 8  # batches between two on_rows calls: a few seconds on the 
 
 
 def predict_proba(labeler: Any, texts: list[str], on_rows: Callable[[int], None] | None = None) -> np.ndarray:
-    """labeler.predict_proba(texts), its batches run a few at a time so that `on_rows` can count
-    them. The batches are the same (one prepare over all the texts), and so are the numbers."""
-    import dataclasses
-
+    """labeler.predict_proba(texts), with `on_rows` told the rows scored every PROGRESS_BATCHES
+    batches (one prepare over all the texts: the same batches, the same numbers)."""
     import pyarrow as pa
 
-    from emolabel.labels import softmax
-
-    prepared = labeler.prepare(pa.array(texts, type=pa.string()))
-    probs = np.full((prepared.n, len(labeler.labels)), np.nan, dtype=np.float32)
-    done = 0
-    for i in range(0, len(prepared.batches), PROGRESS_BATCHES):
-        batches = prepared.batches[i : i + PROGRESS_BATCHES]
-        rows = prepared.rows[done : done + sum(len(ids) for ids, _ in batches)]
-        part = dataclasses.replace(prepared, rows=rows, batches=batches)
-        probs[rows] = softmax(labeler.logits(part), labeler.config.temperature)  # as Labeler.run does
-        done += len(rows)
-        if on_rows:
-            on_rows(len(rows))
-    if on_rows and prepared.n > done:  # rows left without text by normalization are scored too (NaN)
-        on_rows(prepared.n - done)
-    return probs
+    return labeler.run(labeler.prepare(pa.array(texts, type=pa.string())), on_rows, PROGRESS_BATCHES)
 
 
 def write_predictions(path: str, tables: list[Any], probs: list[np.ndarray], labels: list[str]) -> None:

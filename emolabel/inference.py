@@ -7,7 +7,9 @@ the GIL) and `run()` (the model, on the calling thread).
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,10 +273,24 @@ class Labeler:
             return np.zeros((0, len(self.labels)), np.float32)
         return torch.cat(outs).cpu().numpy()  # one device sync per chunk
 
-    def run(self, prepared: Prepared) -> np.ndarray:
-        """(n, labels) probabilities in chunk order; rows with no text are NaN."""
+    def run(self, prepared: Prepared, on_rows: Callable[[int], None] | None = None,
+            step: int = 8) -> np.ndarray:
+        """(n, labels) probabilities in chunk order; rows with no text are NaN. With `on_rows`, the
+        batches run `step` at a time and it is told the rows done after each group (eval's
+        progress): the same batches, the same numbers."""
         probs = np.full((prepared.n, len(self.labels)), np.nan, dtype=np.float32)
-        probs[prepared.rows] = softmax(self.logits(prepared), self.config.temperature)
+        step = step if on_rows else max(1, len(prepared.batches))  # one device sync per chunk otherwise
+        done = 0
+        for i in range(0, len(prepared.batches), step):
+            batches = prepared.batches[i : i + step]
+            rows = prepared.rows[done : done + sum(len(ids) for ids, _ in batches)]
+            part = dataclasses.replace(prepared, rows=rows, batches=batches)
+            probs[rows] = softmax(self.logits(part), self.config.temperature)
+            done += len(rows)
+            if on_rows:
+                on_rows(len(rows))
+        if on_rows and prepared.n > done:  # rows without text are scored too (NaN)
+            on_rows(prepared.n - done)
         return probs
 
     def predict_proba(self, texts: list[str | None]) -> np.ndarray:

@@ -171,9 +171,15 @@ def _remove_stale_temps(target: Path) -> None:
     """Temporary files of runs to `target` that were killed (kill -9, power loss) before cleaning
     up: their process on this host (HOST-PID in the name) is gone, so nobody will finish them."""
     for stray in target.parent.glob(f".{target.name}.*.emolabel-tmp"):
-        m = re.fullmatch(re.escape(f".{target.name}.") + r"(.+)-(\d+)\..*\.emolabel-tmp", stray.name)
-        if m and m.group(1) == _host() and not process_alive(int(m.group(2))):
+        if _owner_gone(stray.name[len(target.name) + 2 :]):
             stray.unlink(missing_ok=True)
+
+
+def _owner_gone(owner: str) -> bool:
+    """`owner` starts HOST-PID (then '.' or '-'): a temporary file's or folder's name past its
+    target's. True if that process ran on this host and is gone (another host's: never)."""
+    m = re.match(r"([^-]+)-(\d+)[.-]", owner)
+    return m is not None and m.group(1) == _host() and not process_alive(int(m.group(2)))
 
 
 def process_alive(pid: int) -> bool:
@@ -354,10 +360,10 @@ def remove_stale_temp_folders(output: str) -> list[str]:
     a power cut); a live run's folder, another host's and an unreadable name are left alone."""
     parent, base = os.path.split(os.path.abspath(output))
     removed = []
+    head = f"{base}.{TEMP_FOLDER_MARK}"
     with contextlib.suppress(OSError):
         for name in os.listdir(parent):
-            m = re.fullmatch(re.escape(f"{base}.{TEMP_FOLDER_MARK}") + r"(.+)-(\d+)-[0-9a-f]{8}", name)
-            if m is None or m.group(1) != _host() or process_alive(int(m.group(2))):
+            if not name.startswith(head) or not _owner_gone(name[len(head) :]):
                 continue
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
             removed.append(os.path.join(parent, name))

@@ -149,6 +149,7 @@ def tag(
     labeler: Labeler,
     text_column: str,
     prefix: str,
+    schema: pa.Schema,
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
     resume_from: dict[str, Any] | None = None,
@@ -157,11 +158,10 @@ def tag(
 ) -> Summary:
     """Label every row of `reader` into `writer` (not committed here); returns counts.
 
+    `schema`: the output schema from check_columns (tag_file checked the columns before any work).
     `resume_from`: the counts of rows an interrupted run already committed (a CheckpointWriter's
     stats); that many input rows are skipped, a whole chunk at a time.
     """
-    schema = check_columns(reader.schema, reader.name, text_column, labeler.labels, prefix,
-                           status=min_score is not None, warn=False)  # tag_file warned already
     if workers is None:  # on a GPU the CPU side is the bottleneck; on the CPU the model is
         workers = max(1, min(4, available_cpus() // 4)) if labeler.device.type == "cuda" else 1
     summary = Summary.from_stats(resume_from) if resume_from else Summary()
@@ -555,7 +555,7 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
                 progress.advance(rows, _safe(by_bytes) if by_bytes else None)
 
         startup = time.perf_counter() - started
-        summary = tag(reader, writer, labeler, opts.text_column, opts.prefix, advance, resume_from=done,
+        summary = tag(reader, writer, labeler, opts.text_column, opts.prefix, schema, advance, resume_from=done,
                       min_score=opts.min_score, limit=opts.limit)
         writer.commit()
         writer = None

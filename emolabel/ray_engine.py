@@ -246,10 +246,7 @@ def _read_file(f: Any, path: str, *, scheme: str, fmt: tables.Format, opts: TagO
 
     name = scheme + path
     stream = f if fmt is tables.Format.PARQUET else io.BufferedReader(f, 1 << 20)
-    read = opts.read_options()
-    if read["delimiter"] is None and fmt is tables.Format.CSV:
-        read["delimiter"] = tables.default_delimiter(name)
-    reader = tables.open_stream(name, stream, fmt, chunk_rows=chunk, **read)
+    reader = tables.open_stream(name, stream, fmt, chunk_rows=chunk, **opts.read_options())
     row_id = None if id_column else f"{opts.prefix}_row_id"
     check_columns(reader.schema, name, opts.text_column, labels, opts.prefix, opts.min_score is not None,
                   added=(row_id, SOURCE_COLUMN) if row_id else (SOURCE_COLUMN,))

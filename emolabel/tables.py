@@ -168,8 +168,6 @@ def open_input(
                 spool.flush()
                 source = spool.name
                 closers.append(spool.close)
-        if fmt is Format.CSV and csv_options.get("delimiter") is None and path != STDIO:
-            csv_options["delimiter"] = default_delimiter(path)
         reader = open_stream(name, source, fmt, chunk_rows=chunk_rows, encoding=encoding, on_error=on_error,
                              **csv_options)
     except BaseException:
@@ -226,7 +224,7 @@ def open_stream(name: str, source: Any, fmt: Format, *, chunk_rows: int = 16384,
     from an object store): CSV, JSON Lines and lines from a binary stream, Parquet from a path or
     a seekable file. `name` is what messages call it; every reader option is honoured.
 
-    CSV only: `delimiter` (default ","); `detect_types`: numbers, booleans, ISO dates and
+    CSV only: `delimiter` (default: a tab for a .tsv name, else ","); `detect_types`: numbers, booleans, ISO dates and
     timestamps get types from the first block, pyarrow's inference (else every column is text,
     which round-trips exactly), except `text_column`;
     `empty_null`: an empty cell is null (else "")."""
@@ -237,8 +235,8 @@ def open_stream(name: str, source: Any, fmt: Format, *, chunk_rows: int = 16384,
     if fmt is Format.PARQUET:
         return _open_parquet(name, source, chunk_rows)
     if fmt is Format.CSV:
-        return _open_csv(name, source, chunk_rows, encoding, on_error, delimiter or ",", detect_types, empty_null,
-                         text_column)
+        return _open_csv(name, source, chunk_rows, encoding, on_error, delimiter or default_delimiter(name),
+                         detect_types, empty_null, text_column)
     if fmt is Format.LINES:
         return _open_lines(name, source, chunk_rows, encoding)
     return _open_jsonl(name, source, chunk_rows, encoding, on_error)
@@ -378,8 +376,7 @@ def open_inputs(paths: list[str], fmt: Format | None = None, *, source_column: s
             reader = first if i == 0 else open_input(path, fmt or first.format, **read)
             state["reader"] = reader
             try:
-                if reader.schema != first.schema:
-                    check_same_columns(reader.name, reader.schema, first.name, first.schema)
+                check_same_columns(reader.name, reader.schema, first.name, first.schema)
                 for batch in reader:
                     if source_column is not None:
                         col = pa.repeat(pa.scalar(path, pa.string()), batch.num_rows)
@@ -419,8 +416,6 @@ def schema_of(path: str, fmt: Format, chunk_rows: int, **read: Any) -> pa.Schema
         source = fs.open_input_file(where) if fmt is Format.PARQUET else io.BufferedReader(fs.open_input_stream(where))
     except (pa.ArrowException, OSError, ValueError) as e:
         raise InputError(f"Cannot read {path}: {e}") from None
-    if fmt is Format.CSV and read.get("delimiter") is None:
-        read["delimiter"] = default_delimiter(path)
     with source:
         reader = open_stream(path, source, fmt, chunk_rows=chunk_rows, **read)
         try:
