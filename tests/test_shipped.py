@@ -115,6 +115,16 @@ def test_default_precision_gives_a_row_the_same_output_whatever_its_neighbours()
     assert np.abs(shuffled - base).max() < 1e-5 and np.abs(alone - base[:50]).max() < 1e-5
 
 
+def test_fp32_leaves_tf32_off(labeler):
+    """`--precision fp32` is the README's setting for per-row outputs on a GPU: TF32 (10-bit
+    mantissa products) would round like bf16, so nothing in emolabel may turn it on."""
+    import torch
+
+    labeler.predict_proba(["i am happy"])
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert not torch.backends.cuda.matmul.allow_tf32
+
+
 @needs_data
 def test_styled_text_costs_under_one_point(labeler):
     from emolabel.styles import mixed
