@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from emolabel.errors import OutputError
-from emolabel.outputs import Writer
+from emolabel.outputs import Writer, appeared
 from emolabel.tables import Format, file_sha256
 
 PROGRESS = "progress.json"
@@ -100,14 +100,23 @@ def read_progress(path: Path) -> dict[str, Any] | None:
 class CheckpointWriter:
     """A Writer whose progress survives the process: one committed part per chunk."""
 
-    def __init__(self, target: str, fmt: Format, schema: pa.Schema, fp: dict[str, Any], resume: bool):
+    def __init__(self, target: str, fmt: Format, schema: pa.Schema, fp: dict[str, Any], resume: bool,
+                 overwrite: bool = True):
         self.target = target
         self.format = fmt
         self.schema = schema
+        self.overwrite = overwrite
         self.dir = resume_dir(target)
         self.progress: dict[str, Any] = {"fingerprint": fp, "parts": [], "rows": 0, "stats": {}}
         self._lock = _lock(self.dir, target)  # one writer per output: a second run is refused, not mixed in
         old = read_progress(self.dir / PROGRESS)
+        if not overwrite and os.path.lexists(target):
+            # The target was checked before the lock: a run that held the lock then may have finished
+            # it since (its last act under the lock). Looked at again now that the lock is ours.
+            if old is None:
+                shutil.rmtree(self.dir, ignore_errors=True)
+            self._unlock()
+            raise appeared(target)
         if old is not None and not resume and old.get("rows", 0):
             raise OutputError(
                 f"An interrupted run left {old.get('rows', 0):,} labelled rows for {target} in {self.dir}. "
@@ -175,7 +184,7 @@ class CheckpointWriter:
 
     def commit(self) -> None:
         """Copy the parts, in order, into the target (atomically), then drop the progress."""
-        out = Writer(self.target, self.format, self.schema)
+        out = Writer(self.target, self.format, self.schema, overwrite=self.overwrite)
         try:
             for name in self.progress["parts"]:
                 with pa.memory_map(str(self.dir / name)) as source:

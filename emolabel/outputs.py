@@ -195,13 +195,20 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def appeared(target: str) -> OutputError:
+    """The target did not exist when the run started and exists now: another run wrote it."""
+    return OutputError(f"{target} was created by someone else while this run was labelling (another emolabel "
+                       "run?); it was not replaced. Pass `overwrite` to replace it, or write to another file.")
+
+
 class Writer:
     """Writes batches incrementally to a temporary file and renames it into place on commit()."""
 
-    def __init__(self, target: str, fmt: Format, schema: pa.Schema):
+    def __init__(self, target: str, fmt: Format, schema: pa.Schema, overwrite: bool = True):
         self.target = target
         self.format = fmt
         self.schema = schema
+        self.overwrite = overwrite  # False: a file that appears at the target meanwhile is not replaced
         self.tmp: Path | None = None
         self._out: IO[bytes] | None = None  # a stream target: where the rows go (stdout, a FIFO)
         if is_stream(target):
@@ -250,6 +257,8 @@ class Writer:
                 os.fsync(self._file.fileno())
                 self._file.close()
                 os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a new file gets the usual mode
+                if not self.overwrite and os.path.lexists(self.target):
+                    raise appeared(self.target)
                 os.replace(self.tmp, self.target)
                 self.tmp = None
             else:  # a stream
@@ -266,6 +275,9 @@ class Writer:
             if isinstance(e, BrokenPipeError):
                 raise
             raise self._os_error(e) from None
+        except OutputError:
+            self.abort()
+            raise
 
     def abort(self, keep: bool = False) -> None:
         """Drop everything written so far; the target path is left as it was (`keep`: unused)."""

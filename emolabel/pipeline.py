@@ -541,10 +541,10 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
             writer = checkpoint.CheckpointWriter(output, out_fmt, schema,
                                                  checkpoint.fingerprint(inputs[0] if len(inputs) == 1 else inputs, folder,
                                                                        resolved.output_options()),
-                                                 opts.resume)
+                                                 opts.resume, overwrite=opts.overwrite)
             done = writer.stats if writer.rows_done else None
         else:
-            writer = outputs.Writer(output, out_fmt, schema)
+            writer = outputs.Writer(output, out_fmt, schema, overwrite=opts.overwrite)
         advance = None
         if progress is not None:
             total = reader.total_rows if opts.limit is None else min(reader.total_rows or opts.limit, opts.limit)

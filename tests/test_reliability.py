@@ -298,3 +298,40 @@ def test_a_write_error_while_the_queue_is_full_ends_the_run_instead_of_hanging()
     t.start()
     t.join(PATIENCE)  # a hang safety net; it ends in about a second
     assert not t.is_alive() and result and "disk full" in str(result[0])
+
+
+def test_an_output_that_appears_while_a_run_labels_is_not_replaced(tmp_path, tiny_model, monkeypatch):
+    """A second run checked that `out` did not exist, then waited for the lock while the first run
+    finished it: the second replaced the first's output, exit 0, without --overwrite (issue 12,
+    item 4, found by a hostile pass). The check is made again once the lock is taken."""
+    src = write_table(_table(50), tmp_path / "in.csv", "csv")
+    out = tmp_path / "out.csv"
+    take_lock = checkpoint._lock
+
+    def first_run_finishes_meanwhile(folder, target):
+        out.write_text("the first run's rows\n")
+        return take_lock(folder, target)
+
+    monkeypatch.setattr(checkpoint, "_lock", first_run_finishes_meanwhile)
+    with pytest.raises(OutputError, match="created by someone else"):
+        emolabel.tag_file(str(src), str(out), model=str(tiny_model), device="cpu")
+    assert out.read_text() == "the first run's rows\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]  # no progress folder left
+    monkeypatch.undo()
+    emolabel.tag_file(str(src), str(out), model=str(tiny_model), device="cpu", overwrite=True)  # asked: replaced
+    assert out.read_text().startswith("\"id\",\"text\",\"emotion\"")
+
+
+def test_a_writer_without_overwrite_leaves_a_file_that_appeared_at_its_target(tmp_path):
+    """Runs that cannot take the lock (stdin in) check at the last moment, just before the rename."""
+    from emolabel.outputs import Writer
+    from emolabel.tables import Format
+
+    out = tmp_path / "out.csv"
+    table = _table(3)
+    w = Writer(str(out), Format.CSV, table.schema, overwrite=False)
+    w.write(table.to_batches()[0])
+    out.write_text("someone else's\n")
+    with pytest.raises(OutputError, match="created by someone else"):
+        w.commit()
+    assert out.read_text() == "someone else's\n" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
