@@ -116,10 +116,37 @@ def check_text_column(schema: pa.Schema, name: str, text_column: str, warn: bool
         from emolabel.errors import EmolabelWarning
 
         text_like = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        binary = "binary" in str(typ)
+        how = "read as UTF-8 text" if binary else 'labelled as their text ("42")'
         warnings.warn(EmolabelWarning(
-            f"column {text_column!r} of {name} holds {typ} values, not text: they are labelled as their "
-            f"text (\"42\"). Text columns: {', '.join(text_like) or 'none'}; use `text_column` to choose."),
+            f"column {text_column!r} of {name} holds {typ} values, not text: they are {how}. "
+            f"Text columns: {', '.join(text_like) or 'none'}; use `text_column` to choose."),
             stacklevel=2)
+
+
+def as_text(texts: pa.Array, name: str, text_column: str, first_row: int | None = 0) -> pa.Array:
+    """A bytes column as UTF-8 text (other columns as they are: prepare() reads numbers as their
+    text); bytes that are not UTF-8 are an error naming the row (1-based, `first_row` rows before
+    these; None where that is not known: Ray's blocks)."""
+    if not (pa.types.is_binary(texts.type) or pa.types.is_large_binary(texts.type)
+            or pa.types.is_binary_view(texts.type) or pa.types.is_fixed_size_binary(texts.type)):
+        return texts
+    try:
+        return pc.cast(texts, pa.string())
+    except pa.ArrowInvalid:
+        bad = next(i for i, v in enumerate(texts.to_pylist()) if v is not None and not _utf8(v))
+        where = f"{name}, row {first_row + bad + 1:,}" if first_row is not None else name
+        raise InputError(f"{where}: column {text_column!r} holds bytes that are not "
+                         "UTF-8 text. Decode the column first (from its real encoding), or choose another "
+                         "`text_column`.") from None
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def check_columns(schema: pa.Schema, name: str, text_column: str, labels: list[str], prefix: str,
@@ -194,8 +221,11 @@ def tag(
         # release the GIL); results are taken in input order.
         with ThreadPoolExecutor(workers, thread_name_prefix="emolabel-prepare") as pool:
             pending: deque = deque()
+            row = skip
             for batch in unread():
-                pending.append((batch, pool.submit(labeler.prepare, batch.column(text_column))))
+                texts = as_text(batch.column(text_column), reader.name, text_column, row)
+                row += batch.num_rows
+                pending.append((batch, pool.submit(labeler.prepare, texts)))
                 if len(pending) > workers:
                     b, job = pending.popleft()
                     yield b, job.result()
@@ -238,7 +268,7 @@ def label_frame(frame: Any, labeler: Labeler, text_column: str = "text", prefix:
                         for n in names])
     check_columns(schema, "the frame", text_column, labeler.labels, prefix, min_score is not None)
     assert texts is not None  # check_columns refused a missing column
-    texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+    texts = as_text(texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts, "the frame", text_column)
     parts = [label_columns(labeler.run(labeler.prepare(texts.slice(i, chunk_rows))), labeler.labels, prefix,
                            min_score) for i in range(0, len(texts), chunk_rows)] or [
         label_columns(labeler.run(labeler.prepare(texts)), labeler.labels, prefix, min_score)]

@@ -301,7 +301,7 @@ class LabelerActor:
 
         from emolabel.inference import release_free_memory
         from emolabel.labels import output_schema
-        from emolabel.pipeline import label_chunk
+        from emolabel.pipeline import as_text, label_chunk
 
         self._maybe_crash()
         o = self.options
@@ -313,7 +313,7 @@ class LabelerActor:
             if table.num_rows == 0:
                 return schema.append(pa.field(CUT_COLUMN, pa.bool_())).empty_table()
             batch = table.combine_chunks().to_batches()[0]
-            prepared = self.labeler.prepare(batch.column(o.text_column))
+            prepared = self.labeler.prepare(as_text(batch.column(o.text_column), ", ".join(files), o.text_column, None))
             labelled = label_chunk(self.labeler, batch, prepared, schema, o.min_score)
             release_free_memory()  # as the local engine: an actor's memory stays flat
             cut = np.zeros(batch.num_rows, bool)

@@ -331,3 +331,18 @@ def test_a_second_ctrl_c_during_clean_up_gives_no_traceback(tmp_path, tiny_model
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=PATIENCE)
     assert proc.returncode == 130 and b"Interrupted" in err and b"Traceback" not in err, err
+
+
+def test_a_bytes_text_column_that_is_not_utf8_names_its_row(tmp_path, tiny_model):
+    """A Parquet text column of bytes is read as UTF-8; bytes that are not UTF-8 ended in pyarrow's
+    ArrowInvalid traceback (found by a hostile pass). Now: exit 1, the file and the row."""
+    src = tmp_path / "bytes.parquet"
+    pq.write_table(pa.table({"text": pa.array([b"i am happy", b"so sad", b"\xff\xfe", b"fine"], pa.binary())}), src)
+    r = run_cli("tag", str(src), "-o", str(tmp_path / "out.csv"), "--model", str(tiny_model), "--chunk-rows", "2")
+    assert r.returncode == 1 and b"Traceback" not in r.stderr, r.stderr.decode()
+    assert b"bytes.parquet, row 3: column 'text' holds bytes that are not UTF-8" in r.stderr
+    assert not (tmp_path / "out.csv").exists()
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({"text": pa.array([b"i am happy", "caf\u00e9".encode()], pa.binary())}), good)
+    r = run_cli("tag", str(good), "-o", "-", "--output-format", "csv", "--model", str(tiny_model))
+    assert r.returncode == 0 and "café".encode() in r.stdout and b"read as UTF-8 text" in r.stderr
