@@ -163,16 +163,29 @@ def open_input(
             source = path
             if path == STDIO:
                 # Parquet keeps its index at the end of the file: spool stdin to disk (not memory).
-                spool = tempfile.NamedTemporaryFile(prefix="emolabel-stdin-", suffix=".parquet")  # noqa: SIM115
-                shutil.copyfileobj(stream, spool, 1 << 20)
-                spool.flush()
-                source = spool.name
+                try:
+                    spool = tempfile.NamedTemporaryFile(prefix="emolabel-stdin-", suffix=".parquet")  # noqa: SIM115
+                except OSError as e:
+                    raise InputError(f"Parquet on stdin is buffered in {tempfile.gettempdir()}, which cannot be "
+                                     f"written ({e.strerror or e}): set TMPDIR to a folder with room, or give "
+                                     "the file's path.") from None
                 closers.append(spool.close)
+                try:
+                    shutil.copyfileobj(stream, spool, 1 << 20)
+                    spool.flush()
+                except OSError as e:
+                    raise InputError(f"Parquet on stdin is buffered in {tempfile.gettempdir()}, which ran out of "
+                                     f"room ({e.strerror or e}): set TMPDIR to a folder with room, or give the "
+                                     "file's path.") from None
+                source = spool.name
         reader = open_stream(name, source, fmt, chunk_rows=chunk_rows, encoding=encoding, on_error=on_error,
                              **csv_options)
     except BaseException:
         for close in (*closers, raw.close):
-            close()
+            try:
+                close()
+            except OSError:  # a spool that cannot flush (a full TMPDIR): the error being raised says so
+                pass
         raise
     reader._closers += [*closers, raw.close]
     if path != STDIO and fmt is not Format.PARQUET:  # progress by bytes: where the reader is in the file

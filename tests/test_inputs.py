@@ -155,3 +155,23 @@ def test_a_quoted_text_holding_row_like_lines_is_warned_about(tmp_path, tiny_mod
     with warnings.catch_warnings():
         warnings.simplefilter("error", EmolabelWarning)  # real multi-line texts: no warning
         tag_file(str(real), str(tmp_path / "r.csv"), model=str(tiny_model))
+
+
+def test_parquet_on_stdin_with_no_room_to_buffer_it_is_a_clear_error(monkeypatch):
+    """Parquet on stdin is spooled to TMPDIR; a full TMPDIR ended in an OSError traceback (found by a
+    hostile pass)."""
+    import io
+    import sys
+    import tempfile
+    import types
+
+    import pyarrow as pa
+
+    from emolabel.tables import open_input
+
+    data = io.BytesIO()
+    pq.write_table(pa.table({"text": ["hi"] * 10}), data)
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BufferedReader(io.BytesIO(data.getvalue()))))
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", lambda **kw: open("/dev/full", "wb"))  # noqa: SIM115
+    with pytest.raises(InputError, match="ran out of room .*set TMPDIR"):
+        open_input("-", chunk_rows=100)
