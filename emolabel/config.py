@@ -53,20 +53,50 @@ class ModelConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise ModelError(f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ModelError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {self.activation!r}")
-        if self.normalization not in NORMALIZATIONS:
-            raise ModelError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, not {self.normalization!r}")
+        """Refuse a field of the wrong type or range here, not as a TypeError deep in inference."""
         import math
 
+        def whole(x: object) -> bool:  # JSON true/false are ints to Python, and 1.5 or "128" are not counts
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        if not isinstance(self.labels, list) or not all(isinstance(x, str) and x for x in self.labels):
+            raise ModelError(f"labels must be a list of names, not {self.labels!r}")
+        if not isinstance(self.encoder, dict) or not all(isinstance(k, str) for k in self.encoder):
+            raise ModelError(f"encoder must be an object (the transformers config of the encoder), "
+                             f"not {self.encoder!r}")
+        vocab = self.encoder.get("vocab_size")
+        if vocab is not None and not (whole(vocab) and vocab > 0):
+            raise ModelError(f"encoder.vocab_size must be a positive whole number (rows of the embedding "
+                             f"table), not {vocab!r}")
+        if not isinstance(self.base, str):
+            raise ModelError(f"base must be a string (where the encoder came from), not {self.base!r}")
+        if self.pooling not in POOLINGS:
+            raise ModelError(f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
+        if not isinstance(self.head_hidden, list) or not all(whole(h) and h > 0 for h in self.head_hidden):
+            raise ModelError(f"head_hidden must be a list of positive whole numbers (widths of the head's "
+                             f"dense layers) such as [256], not {self.head_hidden!r}")
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, int | float) or not 0 <= d < 1:
+            raise ModelError(f"dropout must be a number from 0 up to (not including) 1 such as 0.1, not {d!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ModelError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {self.activation!r}")
+        if not (whole(self.max_length) and self.max_length >= 2):
+            raise ModelError(f"max_length must be a whole number of tokens, at least 2 ([CLS] and [SEP]), "
+                             f"such as 128, not {self.max_length!r}")
+        if not (whole(self.pad_token_id) and self.pad_token_id >= 0):
+            raise ModelError(f"pad_token_id must be a token id (a whole number, 0 or more), not {self.pad_token_id!r}")
+        if vocab is not None and self.pad_token_id >= vocab:
+            raise ModelError(f"pad_token_id {self.pad_token_id} is outside the embedding table "
+                             f"(encoder.vocab_size {vocab}): it must be below {vocab}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ModelError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, not {self.normalization!r}")
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
             raise ModelError(f"temperature must be a positive number, not {t!r} (0 or less makes every label "
                              "null or inverts the ranking).")
-        if not isinstance(self.labels, list) or not all(isinstance(x, str) and x for x in self.labels):
-            raise ModelError(f"labels must be a list of names, not {self.labels!r}")
+        if not (whole(self.format_version) and self.format_version >= 1):
+            raise ModelError(f"format_version must be a whole number such as {FORMAT_VERSION}, "
+                             f"not {self.format_version!r}")
         reserved = {"score"}  # tag adds EMOTION_score: a label of that name would clash with it
         if reserved & set(self.labels):
             raise ModelError(f"a label cannot be named {sorted(reserved & set(self.labels))[0]!r} "
@@ -94,13 +124,19 @@ class ModelConfig:
             ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelError(f"{path} is not valid JSON ({e}).") from None
+        if not isinstance(data, dict):
+            raise ModelError(f"{path} must hold a JSON object of model settings, not {type(data).__name__}.")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ModelError(f"{path} has unknown keys {sorted(unknown)}: written by a newer emolabel?")
-        if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-            raise ModelError(f"{path} has format_version {data['format_version']}; upgrade emolabel.")
-        return cls(**data)
+        version = data.get("format_version", FORMAT_VERSION)
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+            raise ModelError(f"{path} has format_version {version}; upgrade emolabel.")
+        try:
+            return cls(**data)
+        except ModelError as e:  # the checks name the field; the file is named here, where it is known
+            raise ModelError(f"{path}: {str(e).rstrip('.')}. Correct it in that file.") from None
 
 
 @dataclass

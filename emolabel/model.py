@@ -118,8 +118,14 @@ def load(folder: str | Path, device: str | torch.device = "cpu", lean: bool = Tr
         raise ModelError(f"{folder} has no {WEIGHTS_NAME}: the model folder is incomplete.")
     if not (folder / TOKENIZER_NAME).exists():
         raise ModelError(f"{folder} has no {TOKENIZER_NAME}: the model folder is incomplete.")
-    with torch.device("meta"):  # no random init of weights that are loaded next
-        model = EmotionClassifier(config, lean=lean)
+    try:
+        with torch.device("meta"):  # no random init of weights that are loaded next
+            model = EmotionClassifier(config, lean=lean)
+    except Exception as e:  # a hand-edited encoder config: transformers' own errors, of many types
+        why = " ".join(str(e).split()).rstrip(".")
+        why = why if len(why) <= 200 else why[:200] + "..."  # an unknown model_type lists every known one
+        raise ModelError(f"{folder / CONFIG_NAME}: the encoder cannot be built from its settings ({why}). "
+                         "Correct them in that file.") from None
     try:
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for bad headers
@@ -144,10 +150,44 @@ def load(folder: str | Path, device: str | torch.device = "cpu", lean: bool = Tr
     if bad is not None:
         raise ModelError(f"{weights}: weight {bad} holds NaN or infinite values (an fp16 overflow when it was "
                          "saved?); every label would be null. Retrain, or save with --save-dtype fp32.")
+    check_tokenizer(folder / TOKENIZER_NAME, config, getattr(model.encoder.config, "vocab_size", None))
     model.load_state_dict(state, strict=True, assign=True)
     _materialize_buffers(model)
     model.eval()
     return model.to(device)
+
+
+# Real models pad their embedding table by at most a few hundred rows past the tokenizer
+# (DeBERTa-v3 128,100 rows for 128,001 tokens, ModernBERT 50,368 for 50,280): a tokenizer that
+# fills less than this share of the table belongs to another model.
+MIN_VOCAB_SHARE = 0.9
+
+
+def check_tokenizer(path: Path, config: ModelConfig, rows: int | None) -> None:
+    """Refuse a tokenizer.json of another model: its ids would index past the embedding table
+    (an IndexError in torch) or point at the wrong rows (every text gets the same label)."""
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on bad JSON (as inference.load_tokenizer)
+        raise ModelError(f"{path} cannot be loaded ({e}).") from None
+    fix = "Copy the tokenizer.json of the model these weights were trained from."
+    vocab = tok.get_vocab(with_added_tokens=True)  # token -> id
+    if rows is not None:
+        top = max(vocab.values(), default=-1)
+        if top >= rows:
+            raise ModelError(f"{path} does not belong to these weights: its ids go up to {top:,}, past the "
+                             f"{rows:,} rows of the embedding table (vocab_size in {CONFIG_NAME}). {fix}")
+        if len(vocab) < MIN_VOCAB_SHARE * rows:
+            raise ModelError(f"{path} does not belong to these weights: it has {len(vocab):,} tokens for the "
+                             f"{rows:,} rows of the embedding table (vocab_size in {CONFIG_NAME}). {fix}")
+    padding = tok.padding  # the pad token tokenizer.json names, else the usual pad spellings
+    pad = (padding["pad_token"], padding["pad_id"]) if padding else next(
+        ((t, vocab[t]) for t in ("[PAD]", "<pad>") if t in vocab), None)
+    if pad is not None and pad[1] != config.pad_token_id:
+        raise ModelError(f"{path} does not belong to these weights: its pad token {pad[0]} is id {pad[1]}, "
+                         f"pad_token_id in {CONFIG_NAME} is {config.pad_token_id}. {fix}")
 
 
 def _materialize_buffers(model: nn.Module) -> None:

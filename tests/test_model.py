@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -129,3 +130,108 @@ def test_lean_bert_gives_the_same_logits_as_transformers(tmp_path, pooling):
 def test_lean_bert_int8_path_runs(tiny_model):
     lb = Labeler(tiny_model, device="cpu", precision="int8")
     assert lb.predict_proba(["i feel happy", "sad"]).shape == (2, 6)
+
+
+def _copy(tiny_model, tmp_path, **change):
+    """A copy of the tiny model folder, with `change` written into its emolabel.json."""
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    cfg = json.loads((folder / "emolabel.json").read_text()) | change
+    (folder / "emolabel.json").write_text(json.dumps(cfg))
+    return folder
+
+
+@pytest.mark.parametrize("value", ["abc", 1.5, True, -3, "128", None])
+def test_a_max_length_that_is_not_a_whole_number_is_refused_on_load(tmp_path, tiny_model, value):
+    """It used to load, then end in a TypeError in inference ('<' between int and str)."""
+    folder = _copy(tiny_model, tmp_path, max_length=value)
+    with pytest.raises(ModelError) as e:
+        model_lib.load(folder)
+    assert str(e.value) == (f"{folder / 'emolabel.json'}: max_length must be a whole number of tokens, at least 2 "
+                            f"([CLS] and [SEP]), such as 128, not {value!r}. Correct it in that file.")
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"head_hidden": [16.0]}, "head_hidden"), ({"head_hidden": 16}, "head_hidden"),
+    ({"dropout": 1}, "dropout"), ({"dropout": "0.1"}, "dropout"), ({"dropout": True}, "dropout"),
+    ({"pad_token_id": "0"}, "pad_token_id"), ({"pad_token_id": 999}, "pad_token_id"),
+    ({"encoder": []}, "encoder"), ({"base": 3}, "base"), ({"format_version": "1"}, "format_version"),
+    ({"temperature": "1"}, "temperature must"), ({"pooling": 3}, "pooling"),
+])
+def test_every_config_field_is_type_checked_on_load(tmp_path, tiny_model, change, field):
+    folder = _copy(tiny_model, tmp_path, **change)
+    path = re.escape(str(folder / "emolabel.json"))
+    with pytest.raises(ModelError, match=rf"^{path}: {field}.*Correct it in that file\.$"):
+        model_lib.load(folder)
+
+
+def test_an_encoder_config_that_cannot_be_built_is_a_model_error(tmp_path, tiny_model):
+    encoder = json.loads((tiny_model / "emolabel.json").read_text())["encoder"] | {"hidden_size": "abc"}
+    folder = _copy(tiny_model, tmp_path, encoder=encoder)
+    for lean in (True, False):
+        with pytest.raises(ModelError, match="emolabel.json: the encoder cannot be built"):
+            model_lib.load(folder, lean=lean)
+
+
+def _word_level(words: dict[str, int]) -> str:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok.to_str()
+
+
+def _with_tokenizer(tiny_model, tmp_path, tokenizer_json: str):
+    folder = _copy(tiny_model, tmp_path)
+    (folder / "tokenizer.json").write_text(tokenizer_json)
+    return folder
+
+
+EIGHT_WORDS = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "i", "feel", "happy", "sad"])}
+
+
+def test_a_tokenizer_of_another_model_is_refused_on_load(tmp_path, tiny_model):
+    """8 words for a 147-row embedding table: it used to load and label every row alike."""
+    folder = _with_tokenizer(tiny_model, tmp_path, _word_level(EIGHT_WORDS))
+    rows = json.loads((folder / "emolabel.json").read_text())["encoder"]["vocab_size"]
+    with pytest.raises(ModelError) as e:
+        model_lib.load(folder)
+    assert str(e.value) == (
+        f"{folder / 'tokenizer.json'} does not belong to these weights: it has 8 tokens for the {rows} rows of the "
+        "embedding table (vocab_size in emolabel.json). Copy the tokenizer.json of the model these weights "
+        "were trained from.")
+
+
+def test_a_tokenizer_with_ids_past_the_embedding_table_is_refused_on_load(tmp_path, tiny_model):
+    """It used to end in an IndexError from torch.embedding at the first batch."""
+    vocab = json.loads((tiny_model / "tokenizer.json").read_text())["model"]["vocab"]
+    folder = _with_tokenizer(tiny_model, tmp_path, _word_level(vocab | {"huge": 40000}))
+    with pytest.raises(ModelError, match=r"tokenizer.json does not belong to these weights: its ids go up to "
+                                         r"40,000, past the \d+ rows of the embedding table"):
+        model_lib.load(folder)
+
+
+def test_a_tokenizer_with_another_pad_id_is_refused_on_load(tmp_path, tiny_model):
+    vocab = json.loads((tiny_model / "tokenizer.json").read_text())["model"]["vocab"]
+    swapped = vocab | {"[PAD]": vocab["[UNK]"], "[UNK]": vocab["[PAD]"]}  # same size, [PAD] is id 1
+    folder = _with_tokenizer(tiny_model, tmp_path, _word_level(swapped))
+    with pytest.raises(ModelError, match=r"its pad token \[PAD\] is id 1, pad_token_id in emolabel.json is 0"):
+        model_lib.load(folder)
+
+
+def test_a_tokenizer_json_that_is_not_json_stays_a_model_error(tmp_path, tiny_model):
+    folder = _with_tokenizer(tiny_model, tmp_path, "{not json")
+    with pytest.raises(ModelError, match="tokenizer.json cannot be loaded"):
+        model_lib.load(folder)
+
+
+def test_tag_with_a_tokenizer_of_another_model_exits_1_without_a_traceback(tmp_path, tiny_model):
+    from conftest import run_cli
+
+    folder = _with_tokenizer(tiny_model, tmp_path, _word_level(EIGHT_WORDS))
+    r = run_cli("tag", "-", "-o", "-", "--model", str(folder), input=b"text\ni feel happy\n")
+    assert r.returncode == 1, r.stderr
+    assert b"Traceback" not in r.stderr
+    assert b"tokenizer.json does not belong to these weights" in r.stderr and r.stdout == b""
