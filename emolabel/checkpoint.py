@@ -151,12 +151,12 @@ class CheckpointWriter:
         name = f"part-{len(self.progress['parts']):06d}.arrow"
         tmp = self.dir / (name + ".tmp")
         try:
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(
-                sink, self.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")
-            ) as w:
-                w.write_batch(batch)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+            # Python's open, not pa.OSFile: pyarrow cannot encode a file name that is not UTF-8
+            with open(tmp, "wb") as sink:
+                with pa.ipc.new_file(sink, self.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w:
+                    w.write_batch(batch)
+                sink.flush()
+                os.fsync(sink.fileno())
             os.replace(tmp, self.dir / name)
         except (OSError, pa.ArrowException) as e:
             tmp.unlink(missing_ok=True)
@@ -187,7 +187,7 @@ class CheckpointWriter:
         out = Writer(self.target, self.format, self.schema, overwrite=self.overwrite)
         try:
             for name in self.progress["parts"]:
-                with pa.memory_map(str(self.dir / name)) as source:
+                with open(self.dir / name, "rb") as source:
                     reader = pa.ipc.open_file(source)
                     for i in range(reader.num_record_batches):
                         out.write(reader.get_batch(i))

@@ -81,7 +81,13 @@ def sniff_format(head: bytes) -> Format:
 
 
 def display_name(path: str) -> str:
-    return "<stdin>" if path == STDIO else path
+    return "<stdin>" if path == STDIO else text_name(path)
+
+
+def text_name(path: str) -> str:
+    """A file name as text: a name that is not UTF-8 (Python holds its bytes as surrogates, which
+    a text column cannot) keeps them as backslash escapes, caf\\xe9.csv."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,7 +413,7 @@ def open_inputs(paths: list[str], fmt: Format | None = None, *, source_column: s
                 check_same_columns(reader.name, reader.schema, first.name, first.schema)
                 for batch in reader:
                     if source_column is not None:
-                        col = pa.repeat(pa.scalar(path, pa.string()), batch.num_rows)
+                        col = pa.repeat(pa.scalar(text_name(path), pa.string()), batch.num_rows)
                         batch = pa.RecordBatch.from_arrays([*batch.columns, col], schema=schema)
                     yield batch
             finally:
@@ -458,12 +464,17 @@ def _columns(schema: pa.Schema) -> str:
 
 def _open_parquet(name: str, source: Any, chunk_rows: int) -> Reader:
     closers: list[Any] = []
+    if isinstance(source, str) and text_name(source) != source and not is_uri(source):
+        source = open(source, "rb")  # noqa: SIM115 - pyarrow cannot encode a file name that is not UTF-8
+        closers.append(source.close)
     try:
         # pre_buffer (pyarrow's default) keeps every row group read: memory would grow with the file
         pf = pq.ParquetFile(source, pre_buffer=False)
     except (pa.ArrowException, OSError) as e:
+        for close in closers:
+            close()
         raise InputError(f"{name} is not a readable Parquet file ({_short(e)}).") from None
-    closers.append(pf.close)
+    closers.insert(0, pf.close)
 
     def batches() -> Iterator[pa.RecordBatch]:
         try:

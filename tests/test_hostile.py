@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -346,3 +347,28 @@ def test_a_bytes_text_column_that_is_not_utf8_names_its_row(tmp_path, tiny_model
     pq.write_table(pa.table({"text": pa.array([b"i am happy", "caf\u00e9".encode()], pa.binary())}), good)
     r = run_cli("tag", str(good), "-o", "-", "--output-format", "csv", "--model", str(tiny_model))
     assert r.returncode == 0 and "café".encode() in r.stdout and b"read as UTF-8 text" in r.stderr
+
+
+def test_file_names_that_are_not_utf8_work_in_and_out(tmp_path, tiny_model):
+    """Names with bytes that are not UTF-8 (Latin-1 file systems, old archives) ended in
+    UnicodeEncodeError tracebacks: as output (pyarrow cannot encode them), as a Parquet input, and
+    in the emotion_source column of several inputs (found by a hostile pass)."""
+    def name(raw: bytes) -> Path:
+        return tmp_path / os.fsdecode(raw)
+
+    try:
+        name(b"caf\xe9.csv").write_text("text\ni am happy\ni am sad\n")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    name(b"caf\xe92.csv").write_text("text\ni am angry\n")
+    for out in (b"o\xe9.csv", b"o\xe9.parquet"):  # a file-to-file run: progress parts beside it too
+        r = run_cli("tag", str(name(b"caf\xe9.csv")), "-o", str(name(out)), "--model", str(tiny_model), "-q")
+        assert r.returncode == 0, r.stderr.decode()
+    r = run_cli("tag", str(name(b"o\xe9.parquet")), "-o", "-", "--output-format", "csv", "--model", str(tiny_model),
+                "--prefix", "again", "-q")
+    assert r.returncode == 0 and r.stdout.count(b"\n") == 3, r.stderr.decode()
+    r = run_cli("tag", str(name(b"caf\xe9.csv")), str(name(b"caf\xe92.csv")), "-o", str(tmp_path / "two.csv"),
+                "--model", str(tiny_model), "-q")
+    assert r.returncode == 0, r.stderr.decode()
+    sources = [row["emotion_source"] for row in csv.DictReader(open(tmp_path / "two.csv", newline=""))]
+    assert [Path(s).name for s in sources] == ["caf\\xe9.csv", "caf\\xe9.csv", "caf\\xe92.csv"]
