@@ -71,7 +71,7 @@ T = TrainConfig  # finetune's option defaults are the dataclass's: one source of
 @click.option("--distill-temperature", type=click.FloatRange(0.1), default=T.distill_temperature, show_default=True)
 @click.option("--pooling", type=click.Choice(POOLINGS), default=ModelConfig.pooling, show_default=True)
 @click.option("--head", "head_hidden", default="256", show_default=True, help="Hidden sizes of the head's dense layers, e.g. 512,256 ('' for none).")
-@click.option("--dropout", type=click.FloatRange(0, 1), default=ModelConfig.dropout, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=ModelConfig.dropout, show_default=True)
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default=ModelConfig.activation, show_default=True)
 @click.option("--max-length", type=click.IntRange(8), default=ModelConfig.max_length, show_default=True)
 @click.option("--normalization", type=click.Choice(NORMALIZATIONS), default=ModelConfig.normalization, show_default=True,

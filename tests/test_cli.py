@@ -47,6 +47,8 @@ def test_misused_option_exits_2():
     assert r.exit_code == 2
     r = invoke("tag", "x.csv", "--input-format", "xlsx")
     assert r.exit_code == 2
+    r = invoke("finetune", "x.csv", "--dropout", "1")  # every unit dropped: a usage error, before any work
+    assert r.exit_code == 2 and "--dropout" in r.stderr
 
 
 @pytest.mark.parametrize("total", [None, 100])
