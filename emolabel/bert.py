@@ -28,6 +28,11 @@ def supports(encoder_config: dict[str, Any]) -> bool:
         and encoder_config.get("position_embedding_type", "absolute") == "absolute"
         and not encoder_config.get("is_decoder", False)
         and not encoder_config.get("add_cross_attention", False)
+        # heads that do not divide the width: transformers refuses such a config with a message
+        and isinstance(encoder_config.get("hidden_size"), int)
+        and isinstance(encoder_config.get("num_attention_heads"), int)
+        and encoder_config["num_attention_heads"] > 0
+        and encoder_config["hidden_size"] % encoder_config["num_attention_heads"] == 0
     )
 
 

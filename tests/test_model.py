@@ -175,6 +175,14 @@ def test_an_encoder_config_that_cannot_be_built_is_a_model_error(tmp_path, tiny_
             model_lib.load(folder, lean=lean)
 
 
+def test_heads_that_do_not_divide_the_width_are_a_model_error(tmp_path, tiny_model):
+    """The lean encoder took such a config and failed in its first batch (a view of the wrong size)."""
+    encoder = json.loads((tiny_model / "emolabel.json").read_text())["encoder"]
+    folder = _copy(tiny_model, tmp_path, encoder=encoder | {"num_attention_heads": encoder["hidden_size"] - 1})
+    with pytest.raises(ModelError, match="emolabel.json: the encoder cannot be built"):
+        model_lib.load(folder, lean=True)
+
+
 def _word_level(words: dict[str, int]) -> str:
     from tokenizers import Tokenizer, models, pre_tokenizers
 
