@@ -21,7 +21,7 @@ import torch
 from emolabel import batching
 from emolabel import model as model_lib
 from emolabel.config import PRECISIONS, TOKENIZER_NAME, available_cpus
-from emolabel.errors import ModelError, OptionError
+from emolabel.errors import OptionError
 from emolabel.labels import softmax
 from emolabel.normalize import bert_uncased_ready, normalize
 
@@ -72,19 +72,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def load_tokenizer(folder: Path, max_length: int):  # -> tokenizers.Tokenizer
-    """The model folder's fast tokenizer, truncating to `max_length` tokens, never padding."""
+def load_tokenizer(folder: Path, max_length: int, tokenizer=None):  # -> tokenizers.Tokenizer
+    """The model folder's fast tokenizer (or `tokenizer`, read from it already), truncating to
+    `max_length` tokens, never padding."""
     # The Rust tokenizer tokenizes a batch on one thread unless told otherwise (measured here: 23k
     # rows/s on one core, 50k on two); use every core this process may run on. Set when a tokenizer
     # is first loaded (before its thread pool starts), not at import; a user's own settings win.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     os.environ.setdefault("RAYON_NUM_THREADS", str(available_cpus()))
-    from tokenizers import Tokenizer
-
-    try:
-        tok = Tokenizer.from_file(str(folder / TOKENIZER_NAME))
-    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-        raise ModelError(f"{folder / TOKENIZER_NAME} cannot be loaded ({e}).") from None
+    tok = tokenizer or model_lib.read_tokenizer(folder / TOKENIZER_NAME)
     tok.no_padding()  # padding is per batch, to the batch's own longest row
     tok.enable_truncation(max_length)
     return tok
@@ -122,14 +118,14 @@ class TextEncoder:
     plain whitespace split: the same token ids, 2.4x faster.
     """
 
-    def __init__(self, folder: Path, max_length: int, scheme: str, fast: bool = True):
+    def __init__(self, folder: Path, max_length: int, scheme: str, fast: bool = True, tokenizer=None):
         import json
 
         from tokenizers import pre_tokenizers
 
         self.scheme = scheme
         self.max_length = max_length
-        self.tokenizer = load_tokenizer(folder, max_length)
+        self.tokenizer = load_tokenizer(folder, max_length, tokenizer)
         spec = json.loads(self.tokenizer.to_str())
         norm, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
         self.fast = fast and scheme in ("social-v1", "social-v2") and norm.get("type") == "BertNormalizer" and bool(
@@ -202,14 +198,16 @@ class Labeler:
         if threads:
             torch.set_num_threads(threads)
         self.model_dir = Path(model_dir)
-        self.model = model_lib.load(self.model_dir)
+        path = self.model_dir / TOKENIZER_NAME  # read once, checked by load(), then used; a missing
+        tokenizer = model_lib.read_tokenizer(path) if path.is_file() else None  # one: load() says what is missing
+        self.model = model_lib.load(self.model_dir, tokenizer=tokenizer)
         self.config = self.model.config
         self.labels = list(self.config.labels)
         if max_length is not None and max_length < 2:
             raise OptionError("`max_length` must be at least 2 (room for [CLS] and [SEP]).")
         limit = getattr(self.model.encoder.config, "max_position_embeddings", 512)
         self.max_length = min(max_length or self.config.max_length, limit)
-        self.encoder = TextEncoder(self.model_dir, self.max_length, self.config.normalization)
+        self.encoder = TextEncoder(self.model_dir, self.max_length, self.config.normalization, tokenizer=tokenizer)
         gpu = self.device.type == "cuda"
         # Rows per batch and padded tokens per batch. On the CPU, time grows with tokens and
         # small batches keep caches warm; on a GPU, large batches keep the card busy.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -106,9 +107,12 @@ def save(model: EmotionClassifier, tokenizer_json: str, folder: Path, dtype: tor
     model.config.save(folder)
 
 
-def load(folder: str | Path, device: str | torch.device = "cpu", lean: bool = True) -> EmotionClassifier:
-    """Rebuild a model from its folder; any missing or mismatched weight is an error.
-    `lean`: plain BERT encoders run on emolabel.bert (same numbers, no transformers import)."""
+def load(folder: str | Path, device: str | torch.device = "cpu", lean: bool = True,
+         tokenizer: Any = None) -> EmotionClassifier:
+    """Rebuild a model from its folder; any missing or mismatched weight, or a tokenizer.json of
+    another model, is an error. `lean`: plain BERT encoders run on emolabel.bert (same numbers, no
+    transformers import). `tokenizer`: the folder's tokenizer where the caller has read it already
+    (read_tokenizer), so that it is read once."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"Model folder {folder} does not exist.")
@@ -150,7 +154,8 @@ def load(folder: str | Path, device: str | torch.device = "cpu", lean: bool = Tr
     if bad is not None:
         raise ModelError(f"{weights}: weight {bad} holds NaN or infinite values (an fp16 overflow when it was "
                          "saved?); every label would be null. Retrain, or save with --save-dtype fp32.")
-    check_tokenizer(folder / TOKENIZER_NAME, config, getattr(model.encoder.config, "vocab_size", None))
+    path = folder / TOKENIZER_NAME
+    check_tokenizer(tokenizer or read_tokenizer(path), path, config, getattr(model.encoder.config, "vocab_size", None))
     model.load_state_dict(state, strict=True, assign=True)
     _materialize_buffers(model)
     model.eval()
@@ -163,15 +168,20 @@ def load(folder: str | Path, device: str | torch.device = "cpu", lean: bool = Tr
 MIN_VOCAB_SHARE = 0.9
 
 
-def check_tokenizer(path: Path, config: ModelConfig, rows: int | None) -> None:
-    """Refuse a tokenizer.json of another model: its ids would index past the embedding table
-    (an IndexError in torch) or point at the wrong rows (every text gets the same label)."""
+def read_tokenizer(path: Path) -> Any:  # -> tokenizers.Tokenizer
+    """A tokenizer.json as the Rust tokenizer; one that cannot be read is a ModelError."""
     from tokenizers import Tokenizer
 
     try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises a bare Exception on bad JSON (as inference.load_tokenizer)
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
         raise ModelError(f"{path} cannot be loaded ({e}).") from None
+
+
+def check_tokenizer(tok: Any, path: Path, config: ModelConfig, rows: int | None) -> None:
+    """Refuse a tokenizer.json (`tok`, read from `path`) of another model: its ids would index past
+    the embedding table (an IndexError in torch) or point at the wrong rows (every text gets the
+    same label)."""
     fix = "Copy the tokenizer.json of the model these weights were trained from."
     vocab = tok.get_vocab(with_added_tokens=True)  # token -> id
     if rows is not None:
