@@ -17,6 +17,7 @@ from emolabel.config import (
     OBJECTIVES,
     POOLINGS,
     PRECISIONS,
+    TRAIN_PRECISIONS,
     ModelConfig,
     TrainConfig,
 )
@@ -79,6 +80,13 @@ T = TrainConfig  # finetune's option defaults are the dataclass's: one source of
 @click.option("--save-dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Storage precision of the saved weights (fp16 halves the size).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--train-precision", type=click.Choice(TRAIN_PRECISIONS), default=T.precision, show_default=True,
+              help="Autocast of the training steps (weights and optimizer stay fp32): auto is bf16 on a GPU and on "
+              "a CPU with bf16 units, else fp32. Validation runs in tag's precision.")
+@click.option("--resume", is_flag=True,
+              help="Go on from the checkpoint of an interrupted run of this command (same tables and options).")
+@click.option("--checkpoint-every", type=click.FloatRange(0), default=10.0, show_default=True, metavar="MINUTES",
+              help="Checkpoint the whole training state this often (0: every step), and after every epoch.")
 @click.option("--log", "log_path", type=click.Path(), help="Training log, JSON Lines [OUTPUT/train_log.jsonl].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: str | None, text_column: str,
@@ -88,7 +96,8 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
              teacher_logits: str | None, save_teacher_logits: str | None, distill_alpha: float,
              distill_temperature: float, pooling: str, head_hidden: str, dropout: float,
              activation: str, max_length: int, normalization: str, save_dtype: str, device: str,
-             log_path: str | None, quiet: bool) -> None:
+             train_precision: str, resume: bool, checkpoint_every: float, log_path: str | None,
+             quiet: bool) -> None:
     """Fine-tune an encoder and emolabel's head on the TRAIN tables; keep the best epoch on --validation.
 
     Every table needs a text and a label column (ids or names). A TRAIN table may carry a
@@ -118,9 +127,13 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
         hidden = [int(h) for h in head_hidden.split(",") if h.strip()]
     except ValueError:
         raise click.BadParameter("comma-separated integers, e.g. 512,256", param_hint="--head") from None
+    from emolabel.train_resume import CHECKPOINT, checkpoint_dir
+
     out = Path(output)
-    if out.exists() and any(out.iterdir()):
-        raise click.ClickException(f"{output} exists and is not empty; choose a new folder for the model.")
+    saved_state = checkpoint_dir(out) / CHECKPOINT
+    if out.exists() and any(out.iterdir()) and not (resume and saved_state.exists()):
+        raise click.ClickException(f"{output} exists and is not empty; choose a new folder for the model"
+                                   + ("" if resume else " (or --resume an interrupted run)") + ".")
     if teachers and teacher_logits:
         raise click.UsageError("give --teacher or --teacher-logits, not both")
     if save_teacher_logits and not teachers:
@@ -128,13 +141,13 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, layer_decay=layer_decay,
                       weight_decay=weight_decay, warmup=warmup, label_smoothing=label_smoothing,
                       patience=patience, seed=seed, freeze_encoder=freeze_encoder, distill_alpha=distill_alpha,
-                      distill_temperature=distill_temperature)
+                      distill_temperature=distill_temperature, precision=train_precision)
     options = {"pooling": pooling, "head_hidden": hidden, "dropout": dropout, "activation": activation,
                "max_length": max_length, "normalization": normalization}
     created = not out.exists()
     log_file = Path(log_path) if log_path else out / "train_log.jsonl"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    log = log_file.open("w")
+    log = log_file.open("a" if resume and saved_state.exists() else "w")
 
     def on_event(event: dict[str, Any]) -> None:
         log.write(json.dumps(event) + "\n")
@@ -142,7 +155,7 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
         kind = event["event"]
         if kind == "start":
             console.print(f"training on {event['train_rows']:,} rows, validating on {event['valid_rows']:,}; "
-                          f"{event['epochs']} epochs, {event['steps']:,} steps on {event['device']}")
+                          f"{event['epochs']} epochs, {event['steps']:,} steps on {event['device']} ({event['autocast']})")
         elif kind == "epoch":
             console.print(f"epoch {event['epoch']}: train loss {event['train_loss']:.4f}, validation accuracy "
                           f"{event['valid_accuracy']:.2%}, macro-F1 {event['valid_macro_f1']:.4f}, objective "
@@ -152,10 +165,16 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
                     console.print(f"    {path}: accuracy {m['accuracy']:.2%}, macro-F1 {m['macro_f1']:.4f}")
         elif kind == "teacher_logits":
             console.print(f"saved teacher logits for {event['rows']:,} training rows to {event['path']}")
+        elif kind == "resume":
+            console.print(f"resuming epoch {event['epoch']} at step {event['step']:,} from {event['path']}")
+        elif kind == "nothing_to_resume":
+            console.print(f"[yellow]Nothing to resume[/] ({event['path']} does not exist): starting from the "
+                          "beginning.", soft_wrap=True)
         elif kind == "early_stop":
             console.print(f"early stop after epoch {event['epoch']} (best: {event['best_epoch']})")
         elif kind == "interrupted":
-            console.print(f"interrupted in epoch {event['epoch']}: keeping epoch {event['best_epoch']}, the best so far")
+            console.print(f"interrupted in epoch {event['epoch']}: saving epoch {event['best_epoch']}, the best so far; "
+                          f"the same command with --resume goes on from the last checkpoint in {saved_state.parent}")
         elif kind == "done":
             console.print(f"saved {event['out']}: best epoch {event['best_epoch']}, validation accuracy "
                           f"{event['valid_accuracy']:.2%}, macro-F1 {event['valid_macro_f1']:.4f}, "
@@ -182,15 +201,18 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
                        labels=_labels_option(labels), input_format=input_format, model_options=options,
                        train_config=cfg, device=device, save_dtype=save_dtype, on_event=on_event,
                        teachers=list(teachers) or None, teacher_logits=teacher_logits,
-                       save_teacher_logits=save_teacher_logits, objective=objective,
+                       save_teacher_logits=save_teacher_logits, objective=objective, resume=resume,
+                       checkpoint_minutes=checkpoint_every,
                        command="emolabel finetune " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "")
         saved = True
     except EmolabelError as e:
         raise to_click(e) from None
     except KeyboardInterrupt:
         signum = got[0] if got else signal.SIGINT
+        kept = (f" The progress is kept in {saved_state.parent}: run the same command with --resume to go on."
+                if saved_state.exists() else "")
         console.print(f"[bold red]Interrupted[/] ({signal.Signals(signum).name}) before the first epoch finished: "
-                      "no model was saved.", soft_wrap=True)
+                      f"no model was saved.{kept}", soft_wrap=True)
         sys.exit(128 + signum)
     finally:
         for sig, handler in old.items():

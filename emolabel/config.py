@@ -24,6 +24,8 @@ ENGINES = ("local", "ray")  # emolabel.engines.make
 # Text normalization schemes (implemented in normalize.py; named here so the CLI needs no pyarrow)
 NORMALIZATIONS = ("none", "social-v1", "social-v2")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # inference.resolve_precision says what auto is
+# finetune's autocast (train.train_amp_dtype says what auto is); weights and optimizer stay fp32
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 POOLINGS = ("cls", "mean")  # "cls": the [CLS] vector, as BERT was pre-trained for; "mean": masked mean
 ACTIVATIONS = ("gelu", "relu")  # of the head's dense layers
 # How finetune picks the best epoch over several validation tables (stated in training.json)
@@ -157,6 +159,10 @@ class TrainConfig:
     freeze_encoder: bool = False  # True: train only the head on frozen features
     distill_alpha: float = 0.5  # with --teacher: weight of the teacher's soft labels vs the hard labels
     distill_temperature: float = 2.0  # softens teacher and student alike (Hinton et al. 2015)
+    # autocast of the training steps: "auto" is bf16 on a GPU and on a CPU with bf16 units (AVX512-BF16,
+    # AMX: 2-2.6x fp32 there, the same validation macro-F1, bench/train_precision.py), else fp32.
+    # Validation and calibration run in the inference precision whatever this says.
+    precision: str = "auto"
 
 
 DEFAULT_MODEL_NAME = "emotion-minilm"

@@ -26,11 +26,12 @@ import torch
 
 from emolabel import batching
 from emolabel import model as model_lib
-from emolabel.config import OBJECTIVES, ModelConfig, TrainConfig
+from emolabel.config import OBJECTIVES, TRAIN_PRECISIONS, ModelConfig, TrainConfig
 from emolabel.data import Source, SourceData, as_sources, epoch_rows, load_sources
-from emolabel.errors import EmolabelError, InputError, ModelError
+from emolabel.errors import EmolabelError, InputError, ModelError, OptionError
 from emolabel.evaluate import classification_metrics
 from emolabel.inference import TextEncoder, resolve_device
+from emolabel.train_resume import Checkpoints, Progress, fingerprint, numpy_state
 
 DEFAULT_BASE_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -61,6 +62,8 @@ def finetune(
     teacher_logits: str | None = None,
     save_teacher_logits: str | None = None,
     objective: str = "mean-macro-f1",
+    resume: bool = False,
+    checkpoint_minutes: float | None = 10.0,
 ) -> dict[str, Any]:
     """Train on the `train` sources (paths, `PATH@WEIGHT` or Source), choose the best epoch on the
     `validation` tables by `objective`, save the model to `out_dir`. Returns what training.json holds.
@@ -68,6 +71,10 @@ def finetune(
     `on_event` gets each step of the way as a dict (start, step, validate, epoch, early_stop,
     interrupted, calibrate, done): the CLI logs and shows them. Ctrl-C (KeyboardInterrupt) once an
     epoch has finished ends the run early and keeps the best epoch so far, as early stopping would.
+
+    The whole training state is checkpointed beside `out_dir` every `checkpoint_minutes` (0: every
+    step; None: never) and after every epoch; `resume=True` goes on from the last checkpoint of the
+    same run (train_resume.py says what must not change) and ends with the same weights.
     """
     cfg = train_config or TrainConfig()
     emit = on_event or (lambda event: None)
@@ -87,25 +94,38 @@ def finetune(
         raise InputError(f"The training data holds one label only ({labels[present[0]]!r}): a classifier learns "
                          "nothing from it. Add rows of the other labels.")
 
+    # The checkpoint of an interrupted run: refused here, before any model loads, if it was another run's.
+    base = resolve_base(base)
+    fp = fingerprint(train_src, valid_src, base=base, labels=labels, model_options=dict(model_options or {}),
+                     train_config=asdict(cfg), objective=objective, teachers=teachers, teacher_logits=teacher_logits)
+    checkpoints = Checkpoints(out_dir, fp, minutes=checkpoint_minutes, resume=resume)
+    if checkpoints.missing:
+        emit({"event": "nothing_to_resume", "path": str(checkpoints.path)})
+
     # 2. The student: base encoder and tokenizer (local folder, installed package, or hub id) and a
     #    new head. Seed everything we can first, so the head's random init is repeatable too.
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    student = load_student(resolve_base(base), labels, model_options)
+    student = load_student(base, labels, model_options)
 
     # 3. Tokenize once, with the normalization tag uses.
     train_tokens = student.tokenize(train_texts)
     valid_tokens = [student.tokenize(s.data.texts) for s in valid_src]
 
-    # 4. Distillation targets: the teachers' ensemble logits, scored now or read from a file.
-    soft, teacher_names = teacher_targets(teachers, teacher_logits, save_teacher_logits, train_texts, labels,
-                                          device, cfg.distill_temperature, emit)
+    # 4. Distillation targets: the teachers' ensemble logits, scored now (in the training precision:
+    #    soft targets need no more) or read from a file.
+    dev = resolve_device(device)
+    scoring = "bf16" if train_amp_dtype(dev, cfg.precision) == torch.bfloat16 else "fp32"
+    if checkpoints.soft is not None:  # a resumed run distils from the targets it started with
+        soft, teacher_names = checkpoints.soft
+    else:
+        soft, teacher_names = teacher_targets(teachers, teacher_logits, save_teacher_logits, train_texts, labels,
+                                              device, scoring, cfg.distill_temperature, emit)
 
     # 5. Fit: the epoch loop, keeping the best epoch by `objective`.
-    dev = resolve_device(device)
     fitted = fit(student.model, train_src, train_tokens, valid_src, valid_tokens, soft, cfg=cfg,
-                 objective=objective, dev=dev, emit=emit)
+                 objective=objective, dev=dev, emit=emit, checkpoints=checkpoints, teacher_names=teacher_names)
 
     # 6. Calibrate: back to the best epoch, then one softmax temperature fitted on validation.
     student.model.load_state_dict(fitted.best_state)
@@ -118,6 +138,8 @@ def finetune(
                            dev=dev, save_dtype=save_dtype, teacher_names=teacher_names,
                            teacher_logits=teacher_logits, seconds=time.time() - t_start)
     (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    if not fitted.stopped:  # an interrupted run keeps its checkpoint for --resume
+        checkpoints.remove()
     best = fitted.best
     emit({"event": "done", "best_epoch": best["epoch"], "valid_accuracy": best["accuracy"],
           "valid_macro_f1": best["macro_f1"], "objective": best["objective"],
@@ -286,13 +308,13 @@ def load_student(base: str, labels: list[str], model_options: dict[str, Any] | N
 
 
 def teacher_targets(teachers: list[str] | None, teacher_logits: str | None, save_teacher_logits: str | None,
-                    texts: list[str], labels: list[str], device: str, temperature: float,
+                    texts: list[str], labels: list[str], device: str, precision: str, temperature: float,
                     emit: Event) -> tuple[torch.Tensor | None, list[str]]:
     """(len(texts), labels) softened teacher probabilities, None without teachers; and the teachers' names."""
     if teacher_logits:
         logits, names = load_logits(teacher_logits, texts, labels)
     elif teachers:
-        logits, names = ensemble_logits(teachers, texts, labels, device), list(teachers)
+        logits, names = ensemble_logits(teachers, texts, labels, device, precision), list(teachers)
         if save_teacher_logits:
             save_logits(save_teacher_logits, logits, texts, labels, teachers)
             emit({"event": "teacher_logits", "path": str(save_teacher_logits), "rows": len(texts)})
@@ -301,13 +323,15 @@ def teacher_targets(teachers: list[str] | None, teacher_logits: str | None, save
     return torch.softmax(torch.from_numpy(logits) / temperature, dim=-1), names
 
 
-def ensemble_logits(models: list[str], texts: list[str], labels: list[str], device: str) -> np.ndarray:
-    """(len(texts), labels) mean logits of these model folders, each scored at full precision (not int8)."""
+def ensemble_logits(models: list[str], texts: list[str], labels: list[str], device: str,
+                    precision: str = "fp32") -> np.ndarray:
+    """(len(texts), labels) mean logits of these model folders, each scored in `precision` (fp32, or
+    bf16 where training autocasts to bf16: 2x faster for an MPNet teacher on the CPU; never int8)."""
     from emolabel.inference import Labeler
 
     total = np.zeros((len(texts), len(labels)), np.float32)
     for folder in models:
-        model = Labeler(folder, device=device, precision="fp32")
+        model = Labeler(folder, device=device, precision=precision)
         if model.labels != labels:
             raise ModelError(f"Teacher {folder} has labels {model.labels}, the data has {labels}.")
         prep = model.prepare(pa.array(texts, pa.string()))
@@ -369,90 +393,140 @@ class Fitted:
 
 def fit(model: model_lib.EmotionClassifier, train_src: list[SourceData], train_tokens: batching.Tokens,
         valid_src: list[SourceData], valid_tokens: list[batching.Tokens], soft: torch.Tensor | None, *,
-        cfg: TrainConfig, objective: str, dev: torch.device, emit: Event) -> Fitted:
+        cfg: TrainConfig, objective: str, dev: torch.device, emit: Event,
+        checkpoints: Checkpoints | None = None, teacher_names: list[str] | None = None) -> Fitted:
     """Train epoch by epoch, validate after each, keep the best, stop after `cfg.patience` epochs
     without a better one. Ctrl-C (SIGINT) ends it early and keeps the best epoch so far, as early
-    stopping would; before any epoch has finished there is nothing to keep, and it propagates."""
+    stopping would; before any epoch has finished there is nothing to keep, and it propagates.
+    With `checkpoints`, the whole state is saved as it goes, and a resumed run goes on from it."""
     # The epoch's sampling and dropout follow the seed whatever ran before (a teacher, say).
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     model.to(dev)
     if cfg.freeze_encoder:  # feature extraction: the encoder is a fixed function of the text
         for p in model.encoder.parameters():
             p.requires_grad_(False)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), betas=(0.9, 0.999), eps=1e-6,
                                   fused=dev.type == "cuda")  # one kernel for all parameters on GPU
-    sizes = [len(s.data.texts) for s in train_src]
-    weights = [s.source.weight for s in train_src]
-    train_y = np.concatenate([s.data.labels for s in train_src])
-    rows_per_epoch = sum(s.rows_per_epoch for s in train_src)
-    steps_per_epoch = math.ceil(rows_per_epoch / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    scheduler = _schedule(optimizer, total_steps, cfg.warmup)
-    amp_dtype = _amp_dtype(dev)
+    loop = _Loop(model, optimizer, train_src, train_tokens, soft, cfg, dev, emit, checkpoints, teacher_names or [])
+    if checkpoints is not None and checkpoints.loaded:
+        loop.prog = checkpoints.restore(model, optimizer, loop.scheduler, dev)
+        emit({"event": "resume", "epoch": loop.prog.epoch, "step": loop.prog.step, "path": str(checkpoints.path)})
     valid_rows = sum(len(t) for t in valid_tokens)
-
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"objective": -1.0}
-    best_state: dict[str, torch.Tensor] | None = None
-    stale = 0
-    step = 0
-    emit({"event": "start", "train_rows": len(train_tokens), "rows_per_epoch": rows_per_epoch,
-          "valid_rows": valid_rows, "epochs": cfg.epochs, "steps": total_steps,
-          "steps_per_epoch": steps_per_epoch, "base": model.config.base, "device": str(dev)})
+    emit({"event": "start", "train_rows": len(train_tokens), "rows_per_epoch": loop.rows_per_epoch,
+          "valid_rows": valid_rows, "epochs": cfg.epochs, "steps": loop.total_steps,
+          "steps_per_epoch": loop.steps_per_epoch, "base": model.config.base, "device": str(dev),
+          "autocast": str(loop.amp_dtype).removeprefix("torch.") if loop.amp_dtype else "fp32",
+          "first_step": loop.prog.step})
+    prog = loop.prog
     stopped = None
     try:
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            t0 = time.time()
-            losses = []
-            rows_this_epoch = epoch_rows(sizes, weights, rng)
-            for sel in batching.shuffled(train_tokens.lengths[rows_this_epoch], cfg.batch_size, rng):
-                loss = _loss(model, train_tokens, train_y, soft, rows_this_epoch[sel], cfg, dev, amp_dtype)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                losses.append(loss.detach())
-                if step % 50 == 0 or step == total_steps:
-                    recent = torch.stack(losses[-50:]).float().mean().item()  # one sync per 50 steps
-                    if not math.isfinite(recent):
-                        raise EmolabelError(f"Training diverged at step {step} (loss {recent}); lower --lr.")
-                    emit({"event": "step", "epoch": epoch, "step": step, "steps": total_steps, "loss": recent,
-                          "rows_per_s": len(losses) * cfg.batch_size / max(time.time() - t0, 1e-9)})
-            train_loss = torch.stack(losses).float().mean().item()
-            emit({"event": "validate", "epoch": epoch, "rows": valid_rows})
+        while not prog.finished and prog.epoch <= cfg.epochs:
+            train_loss, seconds = loop.epoch()
+            emit({"event": "validate", "epoch": prog.epoch, "rows": valid_rows})
             _, per_table = validate(model, valid_src, valid_tokens, dev)
-            score = _objective(objective, per_table)
-            record = {"event": "epoch", "epoch": epoch, "train_loss": train_loss, "objective": score,
-                      "valid_accuracy": float(np.mean([m["accuracy"] for m in per_table])),
-                      "valid_macro_f1": float(np.mean([m["macro_f1"] for m in per_table])),
-                      "valid": {s.source.path: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
-                                for s, m in zip(valid_src, per_table)},
-                      "seconds": time.time() - t0}
-            # Keep the epoch before announcing it: a signal that arrives once the log says "epoch N"
-            # must find epoch N saved (it raced here and lost the run).
-            if score > best["objective"]:
-                best = {"epoch": epoch, "objective": score, "valid": record["valid"],
-                        "accuracy": record["valid_accuracy"], "macro_f1": record["valid_macro_f1"]}
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                stale = 0
-            else:
-                stale += 1
-            history.append(record)
+            record = _epoch_record(prog.epoch, train_loss, _objective(objective, per_table), valid_src, per_table,
+                                   seconds)
+            # Keep the epoch (and checkpoint it) before announcing it: a signal that arrives once the
+            # log says "epoch N" must find epoch N saved (it raced here and lost the run).
+            loop.end_epoch(record)
             emit(record)
-            if stale >= cfg.patience:
-                emit({"event": "early_stop", "epoch": epoch, "best_epoch": best["epoch"]})
-                break
+            if prog.stale >= cfg.patience:
+                emit({"event": "early_stop", "epoch": record["epoch"], "best_epoch": prog.best["epoch"]})
     except KeyboardInterrupt:
-        if best_state is None:
+        if prog.best_state is None:
             raise  # nothing to keep: no epoch finished
-        stopped = f"interrupted in epoch {len(history) + 1}; kept epoch {best['epoch']}"
-        emit({"event": "interrupted", "epoch": len(history) + 1, "best_epoch": best["epoch"]})
-    assert best_state is not None  # cfg.epochs >= 1, and a score is never below -1
-    return Fitted(history, best, best_state, rows_per_epoch, stopped)
+        stopped = f"interrupted in epoch {len(prog.history) + 1}; kept epoch {prog.best['epoch']}"
+        emit({"event": "interrupted", "epoch": len(prog.history) + 1, "best_epoch": prog.best["epoch"]})
+    assert prog.best_state is not None  # cfg.epochs >= 1, and a score is never below -1
+    return Fitted(prog.history, prog.best, prog.best_state, loop.rows_per_epoch, stopped)
+
+
+class _Loop:
+    """The epoch loop's working parts: sampling, the steps, the best epoch, the checkpoints."""
+
+    def __init__(self, model: model_lib.EmotionClassifier, optimizer: torch.optim.Optimizer,
+                 train_src: list[SourceData], tokens: batching.Tokens, soft: torch.Tensor | None, cfg: TrainConfig,
+                 dev: torch.device, emit: Event, checkpoints: Checkpoints | None, teacher_names: list[str]):
+        self.model, self.optimizer, self.tokens, self.soft, self.cfg = model, optimizer, tokens, soft, cfg
+        self.dev, self.emit, self.checkpoints, self.teacher_names = dev, emit, checkpoints, teacher_names
+        self.sizes = [len(s.data.texts) for s in train_src]
+        self.weights = [s.source.weight for s in train_src]
+        self.y = np.concatenate([s.data.labels for s in train_src])
+        self.rows_per_epoch = sum(s.rows_per_epoch for s in train_src)
+        self.steps_per_epoch = math.ceil(self.rows_per_epoch / cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.scheduler = _schedule(optimizer, self.total_steps, cfg.warmup)
+        self.amp_dtype = train_amp_dtype(dev, cfg.precision)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.prog = Progress()
+
+    def epoch(self) -> tuple[float, float]:
+        """Train the epoch in progress from where it stands; its mean loss and seconds."""
+        prog, cfg = self.prog, self.cfg
+        if prog.epoch_rng is None:
+            prog.epoch_rng = numpy_state(self.rng)
+        self.rng.bit_generator.state = prog.epoch_rng  # the same sample and batches as an unbroken run
+        rows = epoch_rows(self.sizes, self.weights, self.rng)
+        batches = batching.shuffled(self.tokens.lengths[rows], cfg.batch_size, self.rng)
+        self.model.train()
+        t0 = time.time() - prog.seconds
+        for sel in batches[prog.position:]:
+            loss = _loss(self.model, self.tokens, self.y, self.soft, rows[sel], cfg, self.dev, self.amp_dtype)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            prog.step += 1
+            prog.position += 1
+            prog.losses.append(loss.detach())
+            if prog.step % 50 == 0 or prog.step == self.total_steps:
+                self._report(t0)
+            if self.checkpoints is not None and self.checkpoints.due():
+                prog.seconds = time.time() - t0
+                self.save()
+        return torch.stack(prog.losses).float().mean().item(), time.time() - t0
+
+    def _report(self, t0: float) -> None:
+        prog = self.prog
+        recent = torch.stack(prog.losses[-50:]).float().mean().item()  # one sync per 50 steps
+        if not math.isfinite(recent):
+            raise EmolabelError(f"Training diverged at step {prog.step} (loss {recent}); lower the learning rate "
+                                "(`lr`).")
+        done = len(prog.losses)
+        self.emit({"event": "step", "epoch": prog.epoch, "step": prog.step, "steps": self.total_steps,
+                   "loss": recent, "rows_per_s": done * self.cfg.batch_size / max(time.time() - t0, 1e-9)})
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        """Keep the epoch if it is the best so far, move on to the next, checkpoint."""
+        prog = self.prog
+        if record["objective"] > prog.best["objective"]:
+            prog.best = {"epoch": record["epoch"], "objective": record["objective"], "valid": record["valid"],
+                         "accuracy": record["valid_accuracy"], "macro_f1": record["valid_macro_f1"]}
+            prog.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            prog.stale = 0
+        else:
+            prog.stale += 1
+        prog.history.append(record)
+        prog.finished = prog.stale >= self.cfg.patience or prog.epoch >= self.cfg.epochs
+        prog.epoch, prog.position, prog.losses, prog.seconds = prog.epoch + 1, 0, [], 0.0
+        prog.epoch_rng = numpy_state(self.rng)  # where the next epoch's draw starts
+        self.save()
+
+    def save(self) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.save(self.model, self.optimizer, self.scheduler, self.prog, self.soft,
+                                  self.teacher_names, self.dev)
+
+
+def _epoch_record(epoch: int, train_loss: float, score: float, valid_src: list[SourceData],
+                  per_table: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    return {"event": "epoch", "epoch": epoch, "train_loss": train_loss, "objective": score,
+            "valid_accuracy": float(np.mean([m["accuracy"] for m in per_table])),
+            "valid_macro_f1": float(np.mean([m["macro_f1"] for m in per_table])),
+            "valid": {s.source.path: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+                      for s, m in zip(valid_src, per_table)},
+            "seconds": seconds}
 
 
 def _loss(model: model_lib.EmotionClassifier, tokens: batching.Tokens, y: np.ndarray, soft: torch.Tensor | None,
@@ -510,10 +584,33 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float)
 
 
 def _amp_dtype(dev: torch.device) -> torch.dtype | None:
-    """bf16 autocast on a GPU (fp16 where it lacks bf16): ~2x faster, no loss scaling needed; none on the CPU."""
+    """Inference's autocast (validation, calibration): bf16 on a GPU (fp16 where it lacks bf16),
+    none on the CPU, where tag's default is fp32."""
     if dev.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def cpu_has_bf16() -> bool:
+    """True where oneDNN runs bf16 matrix products natively (AVX512-BF16 or AMX), not emulated."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def train_amp_dtype(dev: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The training steps' autocast dtype; master weights and AdamW's state stay fp32 either way.
+    "auto": bf16 on a GPU (fp16 where it lacks bf16) and on a CPU with bf16 units, else none (fp32)."""
+    if precision not in TRAIN_PRECISIONS:
+        raise OptionError(f"Unknown training `precision` {precision!r}: use {', '.join(TRAIN_PRECISIONS)}.")
+    if precision == "fp32":
+        return None
+    if dev.type == "cuda":
+        return _amp_dtype(dev)
+    if precision == "bf16" or cpu_has_bf16():
+        return torch.bfloat16
+    return None
 
 
 def _autocast(dev: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:

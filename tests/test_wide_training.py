@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from helpers import invoke
 from test_finetune import ROWS, write_csv
 
@@ -113,11 +114,14 @@ def test_mpnet_teacher_trains_loads_and_distils_through_saved_logits(tmp_path, t
                    model_options=TINY, device="cpu", teachers=[str(tmp_path / "teacher")],
                    save_teacher_logits=str(logits_file))
     from emolabel.data import labelled_data, read_table
-    from emolabel.train import ensemble_logits
+    from emolabel.train import ensemble_logits, train_amp_dtype
 
+    # teachers are scored in the training precision: bf16 where this CPU trains in bf16
+    scoring = "bf16" if train_amp_dtype(torch.device("cpu")) == torch.bfloat16 else "fp32"
     texts = [t for p in (a, b) for t in labelled_data(read_table(str(p), None), str(p), "text", "label", None)[0].texts]
     saved, names = load_logits(logits_file, texts, EMOTIONS)
-    np.testing.assert_allclose(saved, ensemble_logits([str(tmp_path / "teacher")], texts, EMOTIONS, "cpu"), rtol=1e-5)
+    np.testing.assert_allclose(saved, ensemble_logits([str(tmp_path / "teacher")], texts, EMOTIONS, "cpu", scoring),
+                               rtol=1e-5)
     assert names == [str(tmp_path / "teacher")]
 
     two = finetune([str(a), str(b)], [str(va)], tmp_path / "s2", base=str(tiny_base), train_config=cfg,
