@@ -67,6 +67,12 @@ def _changes(old: dict[str, Any], new: dict[str, Any], where: str = "") -> list[
 
 LOCK = ".lock"
 
+# Options that do not change a label yet are in the fingerprint, and why a resume refuses them.
+_SHAPE = ("in fp32 a row's probabilities move by about 1e-6 with the shape of its batch, so the resumed "
+          "file would not be byte-identical to an uninterrupted run's.")
+WHY_REFUSED = {"options.batch_size": f"(`batch_size`: {_SHAPE})", "options.max_tokens": f"(`max_tokens`: {_SHAPE})",
+               "options.chunk_rows": f"(`chunk_rows`: {_SHAPE})"}
+
 
 def _lock(folder: Path, target: str) -> int:
     """Hold an exclusive lock on the progress folder for this run (released when the process ends,
@@ -122,11 +128,19 @@ class CheckpointWriter:
                 f"An interrupted run left {old.get('rows', 0):,} labelled rows for {target} in {self.dir}. "
                 f"Pass `resume` to continue it, or delete {self.dir} to start over."
             )
+        if resume and old is None:
+            import warnings
+
+            from emolabel.errors import EmolabelWarning
+
+            warnings.warn(EmolabelWarning(f"Nothing to resume for {target} (no progress in {self.dir}): "
+                                          "labelling from the first row."), stacklevel=2)
         if resume and old is not None:
             changed = _changes(old.get("fingerprint", {}), fp)
             if changed:
+                why = "".join(f" {WHY_REFUSED[c]}" for c in changed if c in WHY_REFUSED)
                 raise OutputError(
-                    f"Cannot resume {target}: {', '.join(changed)} changed since the interrupted run. "
+                    f"Cannot resume {target}: {', '.join(changed)} changed since the interrupted run.{why} "
                     f"Run with the same input, model and options, or delete {self.dir} to start over."
                 )
             self.progress = old
@@ -179,8 +193,18 @@ class CheckpointWriter:
 
     def _error(self, e: Exception) -> OutputError:
         if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e):
-            return OutputError(f"Disk full while writing {self.target}; nothing was written there.")
+            return OutputError(f"Disk full while writing {self.target}; nothing was written there. {self._kept()}")
         return OutputError(f"Cannot save progress in {self.dir}: {getattr(e, 'strerror', None) or e}.")
+
+    def _kept(self) -> str:
+        """Where the committed rows are, what they hold on the disk, and the two ways on."""
+        try:
+            size = sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())
+        except OSError:
+            size = 0
+        return (f"The {self.progress['rows']:,} labelled rows so far are kept in {self.dir} ({size / 1e6:,.1f} MB): "
+                "free some space and run the same command with --resume, or delete that folder to give the "
+                "space back.")
 
     def commit(self) -> None:
         """Copy the parts, in order, into the target (atomically), then drop the progress."""
@@ -192,6 +216,11 @@ class CheckpointWriter:
                     for i in range(reader.num_record_batches):
                         out.write(reader.get_batch(i))
             out.commit()
+        except OutputError as e:
+            out.abort()
+            if str(e).startswith("Disk full"):  # the parts stay (abort(keep=True)): say where, and the fix
+                raise OutputError(f"{e} {self._kept()}") from None
+            raise
         except BaseException:
             out.abort()
             raise

@@ -206,6 +206,7 @@ def test_full_disk_ends_clearly_with_no_partial_output(tmp_path, tiny_model, tin
         import json
 
         assert json.loads(progress.read_text())["rows"] > 0
+        assert "labelled rows so far are kept in" in r.stderr and "delete that folder" in r.stderr
 
 
 def test_unwritable_folder(tmp_path, tiny_model):

@@ -113,8 +113,11 @@ def test_a_failed_final_copy_keeps_the_committed_progress(tmp_path, tiny_model, 
         raise OutputError(f"Disk full while writing {self.target}; nothing was written there.")
 
     monkeypatch.setattr(outputs.Writer, "write", full)
-    with pytest.raises(OutputError, match="Disk full"):
+    with pytest.raises(OutputError, match="Disk full") as e:
         emolabel.tag_file(str(src), str(out), model=str(tiny_model), chunk_rows=10)
+    # the message says where the rows are and how to get the space back, not only "nothing was written"
+    assert f"The 50 labelled rows so far are kept in {checkpoint.resume_dir(str(out))}" in str(e.value)
+    assert "--resume, or delete that folder" in str(e.value)
     monkeypatch.undo()
     assert not out.exists()
     progress = json.loads((checkpoint.resume_dir(str(out)) / checkpoint.PROGRESS).read_text())
@@ -335,3 +338,30 @@ def test_a_writer_without_overwrite_leaves_a_file_that_appeared_at_its_target(tm
     with pytest.raises(OutputError, match="created by someone else"):
         w.commit()
     assert out.read_text() == "someone else's\n" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_resume_with_nothing_to_resume_says_so(tmp_path, tiny_model):
+    """A typo in -o with --resume used to label the whole input again without a word."""
+    src = write_table(_table(5), tmp_path / "in.csv", "csv")
+    with pytest.warns(emolabel.errors.EmolabelWarning, match="Nothing to resume for .*labelling from the first row"):
+        emolabel.tag_file(str(src), str(tmp_path / "out.csv"), model=str(tiny_model), resume=True)
+    r = invoke("tag", str(src), "-o", str(tmp_path / "out2.csv"), "--model", str(tiny_model), "--resume")
+    assert r.exit_code == 0 and "Nothing to resume for" in r.stderr
+
+
+def test_resume_refuses_another_batch_size_and_says_why(tmp_path, tiny_model, monkeypatch):
+    src = write_table(_table(50), tmp_path / "in.csv", "csv")
+    out = tmp_path / "out.csv"
+    from emolabel import outputs
+
+    def full(self, batch, stats=None):
+        raise OutputError(f"Disk full while writing {self.target}; nothing was written there.")
+
+    monkeypatch.setattr(outputs.Writer, "write", full)
+    with pytest.raises(OutputError):
+        emolabel.tag_file(str(src), str(out), model=str(tiny_model), chunk_rows=10)
+    monkeypatch.undo()
+    r = invoke("tag", str(src), "-o", str(out), "--model", str(tiny_model), "--chunk-rows", "10", "--resume",
+               "--batch-size", "3")
+    assert r.exit_code == 1 and "options.batch_size changed" in r.stderr
+    assert "move by about 1e-6 with the shape of its batch" in r.stderr and "Traceback" not in r.stderr
