@@ -260,6 +260,7 @@ def _label_texts(args: tuple[str, ...]) -> list[str]:
 
 
 def _utf8_text(data: bytes, where: str) -> str:
+    """`data` as text; not UTF-8: an error naming `where` and the first bad byte."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -172,6 +172,8 @@ def text_array(texts: object, where: Callable[[int], str] = lambda i: f"texts[{i
 
     if isinstance(texts, str | bytes) or not hasattr(texts, "__iter__"):
         raise TypeError(f"Give a list of texts, not {type(texts).__name__}; for one text: labeler.predict([text])[0]")
+    if not hasattr(texts, "__len__"):  # a generator: read once, here, so a bad item can still be named
+        texts = list(texts)
     try:
         return pa.array(texts, type=pa.string(), from_pandas=from_pandas)
     except (pa.ArrowTypeError, pa.ArrowInvalid, UnicodeEncodeError):

@@ -102,7 +102,8 @@ def test_predict_names_an_item_that_is_not_text(tiny_model):
         lab.predict_proba(["x", "caf\udce9"])
     with pytest.raises(InputError, match=r"^texts\[0\] holds bytes that are not UTF-8 text"):
         lab.predict([b"caf\xe9"])
-    assert lab.predict(("i feel happy", None)) == lab.predict(["i feel happy", None])
+    assert lab.predict(("i feel happy", None)) == lab.predict(t for t in ["i feel happy", None]) == lab.predict(
+        ["i feel happy", None])
     assert lab.prepare(["i feel happy", None]).n == 2  # a list, as well as an Arrow array
 
 
