@@ -42,18 +42,22 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
     from emolabel import engines
     from emolabel.pipeline import TagOptions
 
-    opts = dataclasses.replace(options or TagOptions(), **fields)
+    if options is not None and not isinstance(options, TagOptions):
+        raise TypeError(f"`options` must be a TagOptions, not {type(options).__name__}; or give its fields as keywords.")
+    base = options or TagOptions()
+    opts = TagOptions.checked(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)} | fields)
     return engines.run(engines.make(engine) if isinstance(engine, str) else engine, input, output, opts, progress)
 
 
 def label_frame(frame: Any, text_column: str = "text", model: str | None = None, min_score: float | None = None,
                 prefix: str | None = None, labeler: Labeler | None = None) -> Any:
     """A Polars or pandas DataFrame (or pyarrow Table) with `tag`'s label columns added: a new
-    frame of the same kind, rows in order. Pass `labeler` (from load()) to reuse a loaded model."""
+    frame of the same kind, rows in order. Pass `labeler` (from load()) to reuse a loaded model;
+    `prefix` None is `tag`'s ("emotion")."""
     from emolabel.labels import DEFAULT_PREFIX
-    from emolabel.pipeline import label_frame as run
+    from emolabel.frames import label_frame as run
 
-    return run(frame, labeler or load(model), text_column, prefix or DEFAULT_PREFIX, min_score)
+    return run(frame, labeler, text_column, DEFAULT_PREFIX if prefix is None else prefix, min_score, model=model)
 
 
 __all__ = ["__version__", "label_frame", "load", "tag_file"]

@@ -207,37 +207,66 @@ def tag(
 @click.option("--min-score", type=click.FloatRange(0, 1), help="Say 'uncertain' below this top probability.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per text, with every probability.")
 def label_command(texts: tuple[str, ...], model_dir: str | None, min_score: float | None, as_json: bool) -> None:
-    """Label a few texts given on the command line (- reads one text per line from stdin).
+    """Label a few texts given on the command line. A TEXT of - reads one text per line from
+    stdin, in its place among the others. Texts must be UTF-8.
 
     \b
     Examples:
       emolabel label "i am so happy" "This made me cry."
       echo "OMG it's here!!! 🎉" | emolabel label -
+      cut -f2 notes.tsv | emolabel label "first, this one" -
       emolabel label "Package came on Tuesday." --min-score 0.6 --json
     """
     import json
 
-    import emolabel
-    from emolabel.labels import label_columns
+    import pyarrow as pa
 
-    if texts == ("-",):
-        texts = tuple(line.rstrip("\n") for line in sys.stdin)
+    import emolabel
+    from emolabel.labels import DEFAULT_PREFIX as P
+
+    lines = _label_texts(texts)
     try:
         labeler = emolabel.load(model_dir, device="cpu")
-        probs = labeler.predict_proba(list(texts))
-        cols = label_columns(probs, labeler.labels, min_score=min_score)
+        table = emolabel.label_frame(pa.table({"text": pa.array(lines, pa.string())}), min_score=min_score,
+                                     labeler=labeler)  # the columns `tag` writes
     except EmolabelError as e:
         raise _fail(e) from None
-    rows = {name: col.to_pylist() for name, col in cols.items()}  # the same columns `tag` writes
-    for i, text in enumerate(texts):
-        row = {"text": text} | {name: values[i] for name, values in rows.items()}
+    for row in table.to_pylist():
         if as_json:
             click.echo(json.dumps(row, ensure_ascii=False))
-        elif row["emotion_score"] is None:
-            click.echo(f"(no text)\t{text}")
+        elif row[f"{P}_score"] is None:
+            click.echo(f"(no text)\t{row['text']}")
         else:
-            what = f"{labeler.labels[int(probs[i].argmax())]} {row['emotion_score']:.2f}"
-            click.echo(f"{what if row['emotion'] else f'uncertain ({what})'}\t{text}")
+            best = max(labeler.labels, key=lambda name: row[f"{P}_{name}"])  # the first of a tie, as argmax
+            what = f"{best} {row[f'{P}_score']:.2f}"
+            click.echo(f"{what if row[P] else f'uncertain ({what})'}\t{row['text']}")
+
+
+def _label_texts(args: tuple[str, ...]) -> list[str]:
+    """`label`'s texts: each argument, or for - the lines of stdin in its place; bytes that are not
+    UTF-8 (an argument holds them as surrogate escapes) are an error naming the argument or line."""
+    if args.count("-") > 1:
+        raise click.UsageError("- (stdin) can be given once.")
+    texts = []
+    for n, arg in enumerate(args, 1):
+        if arg != "-":
+            texts.append(_utf8_text(os.fsencode(arg), f"TEXT argument {n}"))
+            continue
+        if sys.stdin is None:
+            raise click.UsageError("- reads texts from stdin, which is closed.")
+        data = sys.stdin.buffer.read()
+        texts += [_utf8_text(line, f"stdin line {i}") for i, line in enumerate(data.splitlines(), 1)]
+    return texts
+
+
+def _utf8_text(data: bytes, where: str) -> str:
+    """`data` as text; not UTF-8: an error naming `where` and the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise click.ClickException(
+            f"{where} is not UTF-8 text (byte 0x{data[e.start]:02x} at position {e.start}: {data[:40]!r}). "
+            "Convert it first, e.g. iconv -f latin1 -t utf-8.") from None
 
 
 class _Progress:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Protocol
 
 from emolabel.config import ENGINES
 from emolabel.errors import OptionError
-from emolabel.pipeline import Summary, TagOptions
+from emolabel.pipeline import Summary, TagOptions, as_paths
 
 
 class Engine(Protocol):
@@ -68,7 +68,8 @@ def check(engine: Engine, options: TagOptions) -> None:
 
 def run(engine: Engine, inputs: str | list[str], output: str, options: TagOptions | None = None,
         progress: Any = None) -> Summary:
-    """Check the options against the engine, then run it."""
+    """Check the options against the engine, then run it (`inputs`, `output`: str or Path)."""
+    paths, output = as_paths(inputs, output)
     options = options or TagOptions()
     check(engine, options)
-    return engine.run([inputs] if isinstance(inputs, str) else list(inputs), output, options, progress)
+    return engine.run(paths, output, options, progress)

@@ -162,6 +162,41 @@ class TextEncoder:
         return encs
 
 
+def text_array(texts: object, where: Callable[[int], str] = lambda i: f"texts[{i}]",
+               from_pandas: bool = False) -> pa.Array:
+    """Texts (str, or None for no text) as an Arrow string array. An item of another type is a
+    TypeError naming it (`where`: its place, from its position), and a str that is not text (lone
+    surrogates: bytes decoded with errors="surrogateescape") or bytes that are not UTF-8 an
+    InputError. `from_pandas`: NaN is no text too, as pandas has it."""
+    from emolabel.errors import InputError
+
+    if isinstance(texts, str | bytes) or not hasattr(texts, "__iter__"):
+        raise TypeError(f"Give a list of texts, not {type(texts).__name__}; for one text: labeler.predict([text])[0]")
+    if not hasattr(texts, "__len__"):  # a generator: read once, here, so a bad item can still be named
+        texts = list(texts)
+    try:
+        return pa.array(texts, type=pa.string(), from_pandas=from_pandas)
+    except (pa.ArrowTypeError, pa.ArrowInvalid, UnicodeEncodeError):
+        pass
+    for i, text in enumerate(texts):  # the first item that failed, named
+        if isinstance(text, str):
+            bad = next((j for j, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
+            if bad is not None:
+                raise InputError(f"{where(i)} is not text: {text[:40]!r} holds {text[bad]!r} at position {bad}, a "
+                                 "lone surrogate, what bytes that are not UTF-8 become when decoded with "
+                                 'errors="surrogateescape". Decode the bytes with their real encoding.') from None
+        elif isinstance(text, bytes):
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{where(i)} holds bytes that are not UTF-8 text ({e.reason} at byte "
+                                 f"{e.start}): decode them with their real encoding.") from None
+        elif text is not None and not (from_pandas and isinstance(text, float) and text != text):
+            raise TypeError(f"{where(i)} is {type(text).__name__} {text!r}, not a str (or None for no text): "
+                            "convert the texts to str first.")
+    return pa.array(texts, type=pa.string(), from_pandas=from_pandas)  # not reached: an item above failed
+
+
 @dataclass
 class Prepared:
     """A chunk of texts ready for the model: padded batches in length order."""
@@ -193,6 +228,11 @@ class Labeler:
         max_length: int | None = None,
         threads: int | None = None,
     ):
+        from emolabel.pipeline import TagOptions  # the one check of the options tag_file shares
+
+        device = str(device) if isinstance(device, torch.device) else device
+        TagOptions.checked(model=model_dir, device=device, precision=precision, batch_size=batch_size,
+                           max_tokens=max_tokens, max_length=max_length, threads=threads)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         if threads:
@@ -203,8 +243,6 @@ class Labeler:
         self.model = model_lib.load(self.model_dir, tokenizer=tokenizer)
         self.config = self.model.config
         self.labels = list(self.config.labels)
-        if max_length is not None and max_length < 2:
-            raise OptionError("`max_length` must be at least 2 (room for [CLS] and [SEP]).")
         limit = getattr(self.model.encoder.config, "max_position_embeddings", 512)
         self.max_length = min(max_length or self.config.max_length, limit)
         self.encoder = TextEncoder(self.model_dir, self.max_length, self.config.normalization, tokenizer=tokenizer)
@@ -237,7 +275,12 @@ class Labeler:
     # -- CPU side: safe to run in a background thread --------------------------------------
 
     def prepare(self, texts: pa.Array | pa.ChunkedArray) -> Prepared:
-        """Normalize and tokenize a chunk; plan token-budget batches over length-sorted rows."""
+        """Normalize and tokenize a chunk (an Arrow array, or a list of texts); plan token-budget
+        batches over length-sorted rows."""
+        if not isinstance(texts, pa.Array | pa.ChunkedArray):
+            texts = text_array(texts)
+        if pa.types.is_nested(texts.type):
+            raise TypeError(f"prepare() takes texts, not {texts.type} values.")
         if not pa.types.is_string(texts.type) and not pa.types.is_large_string(texts.type):
             texts = pc.cast(texts, pa.string())  # numbers in a text column are read as their text
         norm = self.encoder.normalize(texts)
@@ -293,13 +336,14 @@ class Labeler:
 
     def predict_proba(self, texts: list[str | None]) -> np.ndarray:
         """Probabilities for a list of texts: (len(texts), labels), NaN rows where there is no text."""
-        if isinstance(texts, str | bytes):  # a str is a list of characters to Python: ten labels for "i am happy"
-            raise TypeError("predict/predict_proba take a list of texts; for one text: labeler.predict([text])[0]")
-        return self.run(self.prepare(pa.array(texts, type=pa.string())))
+        return self.run(self.prepare(text_array(texts)))  # text_array: a str is refused, not read as characters
 
     def predict(self, texts: list[str | None], min_score: float | None = None) -> list[str | None]:
         """The most likely label of each text: None where there is no text, and with `min_score`
         where the top probability is below it (predict_proba tells the two apart: NaN for no text)."""
+        from emolabel.pipeline import TagOptions
+
+        TagOptions.checked(min_score=min_score)
         probs = self.predict_proba(texts)
         return [None if np.isnan(p[0]) or (min_score is not None and p.max() < min_score)
                 else self.labels[int(p.argmax())] for p in probs]

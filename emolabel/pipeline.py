@@ -84,9 +84,10 @@ class Summary:
                    label_counts=Counter({k: int(v) for k, v in stats.get("labels", {}).items() if v}))
 
 
-def check_text_column(schema: pa.Schema, name: str, text_column: str, warn: bool = True) -> None:
-    """The text column exists in `schema` of input `name` (else the nearest names are offered) and
-    holds text (numbers are labelled as their text, with a warning unless `warn` is off)."""
+def check_text_column(schema: pa.Schema, name: str, text_column: str, warn: bool = True, file: bool = True) -> None:
+    """The text column exists in `schema` of input `name` (else the nearest names are offered, and
+    for a `file` the reading options that may be wrong) and holds text (numbers are labelled as
+    their text, with a warning unless `warn` is off)."""
     import difflib
 
     names = schema.names
@@ -94,7 +95,7 @@ def check_text_column(schema: pa.Schema, name: str, text_column: str, warn: bool
         near = [n for n in names if n.lower() == text_column.lower()]
         near += [n for n in difflib.get_close_matches(text_column, names, n=3, cutoff=0.6) if n not in near]
         hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
-        if len(names) == 1:
+        if len(names) == 1 and file:
             sep = next((c for c in ";\t|," if c in names[0]), None)
             if sep:
                 hint = (f" The header is one column, {names[0]!r}: if the file is separated by {sep!r}, pass "
@@ -150,10 +151,10 @@ def _utf8(data: bytes) -> bool:
 
 
 def check_columns(schema: pa.Schema, name: str, text_column: str, labels: list[str], prefix: str,
-                  status: bool = False, added: tuple[str, ...] = (), warn: bool = True) -> pa.Schema:
+                  status: bool = False, added: tuple[str, ...] = (), warn: bool = True, file: bool = True) -> pa.Schema:
     """Fail before any work if the text column is missing or a new column would clash; returns
     the output schema. `added`: columns an engine adds besides the labels (Ray's row id)."""
-    check_text_column(schema, name, text_column, warn)
+    check_text_column(schema, name, text_column, warn, file)
     clash = [c for c in [*column_names(labels, prefix, status), *added] if c in schema.names]
     if clash:
         raise InputError(
@@ -244,47 +245,6 @@ def tag(
     summary.seconds = time.perf_counter() - start
     summary.skipped_lines = list(reader.skipped)
     return summary
-
-
-def label_frame(frame: Any, labeler: Labeler, text_column: str = "text", prefix: str = DEFAULT_PREFIX,
-                min_score: float | None = None, chunk_rows: int = 8192) -> Any:
-    """A Polars or pandas DataFrame (or a pyarrow Table) with the label columns of `tag` added
-    after its own, rows in order: a new frame of the same kind (the input is not changed)."""
-    from emolabel.labels import label_columns
-
-    module = type(frame).__module__.split(".")[0]
-    if module == "polars":
-        texts = frame.get_column(text_column).to_arrow() if text_column in frame.columns else None
-        names = list(frame.columns)
-    elif module == "pandas":
-        texts = pa.array(frame[text_column], from_pandas=True) if text_column in frame.columns else None
-        names = [str(c) for c in frame.columns]
-    elif isinstance(frame, pa.Table):
-        texts = frame.column(text_column) if text_column in frame.column_names else None
-        names = frame.column_names
-    else:
-        raise TypeError(f"label_frame takes a Polars or pandas DataFrame or a pyarrow Table, not {type(frame).__name__}")
-    schema = pa.schema([pa.field(n, texts.type if n == text_column and texts is not None else pa.null())
-                        for n in names])
-    check_columns(schema, "the frame", text_column, labeler.labels, prefix, min_score is not None)
-    assert texts is not None  # check_columns refused a missing column
-    texts = as_text(texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts, "the frame", text_column)
-    parts = [label_columns(labeler.run(labeler.prepare(texts.slice(i, chunk_rows))), labeler.labels, prefix,
-                           min_score) for i in range(0, len(texts), chunk_rows)] or [
-        label_columns(labeler.run(labeler.prepare(texts)), labeler.labels, prefix, min_score)]
-    added = pa.table({name: pa.chunked_array([part[name] for part in parts]) for name in parts[0]})
-    if module == "polars":
-        import polars as pl
-
-        return frame.hstack(pl.from_arrow(added).get_columns())
-    if module == "pandas":
-        new = added.to_pandas()
-        new.index = frame.index
-        return frame.assign(**{name: new[name] for name in added.column_names})
-    out = frame
-    for name in added.column_names:
-        out = out.append_column(name, added.column(name))
-    return out
 
 
 FIRST_CHUNK = 256  # rows: the first output (a progress bar, `| head`) comes within seconds, not a chunk's time
@@ -461,10 +421,31 @@ class TagOptions:
         defaults; tag_file takes them from it for the fingerprint)."""
         return dataclasses.replace(self, chunk_rows=self.chunk_rows or (65536 if device_type == "cuda" else 8192))
 
+    @classmethod
+    def checked(cls, **fields: Any) -> TagOptions:
+        """These options (the rest at their defaults), checked: every entry point that takes some
+        of them (tag_file, label_frame, Labeler, predict) checks them here, with the same words."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in fields if k not in names]
+        if unknown:
+            import difflib
+
+            near = [m for k in unknown for m in difflib.get_close_matches(k, names, n=1)]
+            hint = f" Did you mean {', '.join(f'`{m}`' for m in near)}?" if near else ""
+            raise TypeError(f"Unknown option(s) {', '.join(f'`{k}`' for k in unknown)}.{hint} The options: "
+                            f"{', '.join(names)}.")
+        options = cls(**fields)
+        options.check()
+        return options
+
     def check(self) -> None:
-        """Values no run can use (the Labeler checks the model's own: batch sizes, lengths)."""
+        """Values no run can use (the Labeler checks the model's own: `max_tokens` >= its length,
+        and resolve_device / resolve_precision the device's)."""
         from emolabel.errors import OptionError
 
+        self._check_types()
+        if self.max_length is not None and self.max_length < 2:
+            raise OptionError("`max_length` must be at least 2 (room for [CLS] and [SEP]).")
         if self.limit is not None and self.limit < 1:
             raise OptionError(f"`limit` must be at least 1, not {self.limit}.")
         if not self.prefix or not self.prefix.strip():
@@ -484,6 +465,29 @@ class TagOptions:
         if self.on_error not in ("fail", "skip"):
             raise OptionError(f"Unknown `on_error` {self.on_error!r}: use fail or skip.")
 
+    def _check_types(self) -> None:
+        """Each field of the type its annotation names (a number for a float, a path for `model`):
+        a TypeError naming the option, not a comparison failing deep inside a run."""
+        import numbers
+        import os
+        import typing
+
+        kinds = {int: ("an int", numbers.Integral), float: ("a number", numbers.Real), bool: ("True or False", bool),
+                 str: ("a str", str)}
+        hints = typing.get_type_hints(type(self))
+        for name in (f.name for f in dataclasses.fields(self)):
+            value, allowed = getattr(self, name), typing.get_args(hints[name]) or (hints[name],)
+            if value is None and type(None) in allowed:
+                continue
+            base = next(t for t in allowed if t is not type(None))
+            what, cls = kinds[base]
+            if name == "model":
+                what, cls = "a folder path (str or Path)", (str, os.PathLike)
+            if not isinstance(value, cls) or base is not bool and isinstance(value, bool):
+                none = " or None" if type(None) in allowed else ""
+                got = "None" if value is None else f"{type(value).__name__} {value!r}"
+                raise TypeError(f"`{name}` must be {what}{none}, not {got}.")
+
     def check_input(self, fmt: Any) -> None:
         """CSV's reading options given for another input format would do nothing: refused."""
         csv_only = [f"`{n}`" for n in ("delimiter", "detect_types", "empty_null") if getattr(self, n)]
@@ -502,6 +506,22 @@ class TagOptions:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.NOT_OUTPUT}
 
 
+def as_paths(input: Any, output: Any) -> tuple[list[str], str]:
+    """tag_file's `input` (a path or '-', or a list of them) and `output` (a path or '-'), each a
+    str or a Path, as str; anything else is a TypeError naming the argument."""
+    import os
+
+    def path(value: Any, name: str) -> str:
+        value = os.fspath(value) if isinstance(value, os.PathLike) else value
+        if not isinstance(value, str):
+            raise TypeError(f"`{name}` must be a path (a str or Path, '-' for std{'in' if name == 'input' else 'out'}"
+                            f"{', or a list of them' if name == 'input' else ''}), not {type(value).__name__} {value!r}.")
+        return value
+
+    many = not isinstance(input, str | os.PathLike) and isinstance(input, list | tuple)
+    return [path(p, "input") for p in input] if many else [path(input, "input")], path(output, "output")
+
+
 def tag_file(input: str | list[str], output: str, options: TagOptions | None = None, progress: Any = None) -> Summary:
     """Label every row of `input` (a path, '-' for stdin, or several paths or globs read one after
     another, with a `{prefix}_source` column naming each row's file) into `output` (a path, or '-').
@@ -518,6 +538,7 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
     from emolabel.inference import resolve_device
 
     started = time.perf_counter()
+    input, output = as_paths(input, output)
     opts = options or TagOptions()
     opts.check()
     output = outputs.resolve_output(output)

@@ -129,3 +129,20 @@ def test_the_cli_choices_come_from_the_registries_the_library_checks():
     ft = {p.name: p for p in cli.commands["finetune"].params}
     assert list(ft["normalization"].type.choices) == list(config.NORMALIZATIONS)
     assert ft["epochs"].default == config.TrainConfig.epochs and ft["lr"].default == config.TrainConfig.lr
+
+
+def test_label_reads_stdin_in_the_place_of_dash_and_names_text_that_is_not_utf8(tiny_model):
+    import os
+
+    r = run_cli("label", "i am sad", "-", "so happy", "--model", str(tiny_model), input=b"one\r\n\nthree\n")
+    assert r.returncode == 0, r.stderr.decode()
+    assert [line.split("\t")[1] for line in r.stdout.decode().splitlines()] == ["i am sad", "one", "", "three",
+                                                                               "so happy"]
+    r = run_cli("label", "fine", "-", "--model", str(tiny_model), input=b"ok\ncaf\xe9\n")
+    assert r.returncode == 1 and r.stdout == b"" and b"Traceback" not in r.stderr
+    assert r.stderr.decode() == ("Error: stdin line 2 is not UTF-8 text (byte 0xe9 at position 3: b'caf\\xe9'). "
+                                 "Convert it first, e.g. iconv -f latin1 -t utf-8.\n")
+    r = invoke("label", "fine", os.fsdecode(b"caf\xe9"), "--model", str(tiny_model))
+    assert r.exit_code == 1 and r.stderr.startswith("Error: TEXT argument 2 is not UTF-8 text (byte 0xe9")
+    r = invoke("label", "-", "-", "--model", str(tiny_model), input=b"x\n")
+    assert r.exit_code == 2 and "- (stdin) can be given once." in r.stderr

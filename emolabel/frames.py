@@ -1,0 +1,89 @@
+"""label_frame: `tag`'s label columns added to a Polars or pandas DataFrame or a pyarrow Table in memory.
+
+The same checks (pipeline.TagOptions, check_columns, as_text) and the same columns
+(labels.label_columns) as a tag run, without a file: the frame's text column is labelled in
+chunks and a new frame of the same kind comes back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from emolabel.config import ModelConfig, default_model_dir
+from emolabel.errors import InputError, OptionError
+from emolabel.inference import Labeler, text_array
+from emolabel.labels import DEFAULT_PREFIX, label_columns
+from emolabel.pipeline import TagOptions, as_text, check_columns
+
+
+def label_frame(frame: Any, labeler: Labeler | None = None, text_column: str = "text", prefix: str = DEFAULT_PREFIX,
+                min_score: float | None = None, chunk_rows: int = 8192, model: str | None = None) -> Any:
+    """A Polars or pandas DataFrame (or a pyarrow Table) with the label columns of `tag` added
+    after its own, rows in order: a new frame of the same kind (the input is not changed).
+    `labeler`: a loaded model; else the `model` folder (None: the shipped model) is loaded once
+    the frame and the options are checked."""
+    TagOptions.checked(text_column=text_column, prefix=prefix, min_score=min_score, chunk_rows=chunk_rows, model=model)
+    if labeler is not None and not isinstance(labeler, Labeler):
+        raise TypeError(f"`labeler` must be a Labeler (from emolabel.load()), not {type(labeler).__name__}.")
+    if labeler is not None and model is not None:
+        raise OptionError("Give `labeler` or `model`, not both: a labeler's model is already loaded.")
+    module, names, texts = _frame_texts(frame, text_column)
+    folder = Path(model) if model else default_model_dir()
+    labels = labeler.labels if labeler is not None else ModelConfig.load(folder).labels
+    schema = pa.schema([pa.field(n, texts.type if n == text_column and texts is not None else pa.null())
+                        for n in names])
+    check_columns(schema, "the frame", text_column, labels, prefix, min_score is not None, file=False)
+    assert texts is not None  # check_columns refused a missing column
+    texts = as_text(texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts, "the frame", text_column)
+    labeler = labeler or Labeler(folder)
+    parts = [label_columns(labeler.run(labeler.prepare(texts.slice(i, chunk_rows))), labeler.labels, prefix,
+                           min_score) for i in range(0, len(texts), chunk_rows)] or [
+        label_columns(labeler.run(labeler.prepare(texts)), labeler.labels, prefix, min_score)]
+    added = pa.table({name: pa.chunked_array([part[name] for part in parts]) for name in parts[0]})
+    if module == "polars":
+        import polars as pl
+
+        return frame.hstack(pl.from_arrow(added).get_columns())
+    if module == "pandas":
+        new = added.to_pandas()
+        new.index = frame.index
+        return frame.assign(**{name: new[name] for name in added.column_names})
+    out = frame
+    for name in added.column_names:
+        out = out.append_column(name, added.column(name))
+    return out
+
+
+def _frame_texts(frame: Any, text_column: str) -> tuple[str, list[str], pa.Array | pa.ChunkedArray | None]:
+    """The kind of `frame` (polars, pandas, pyarrow), its column names and its text column (None
+    if it has none); anything else, or a text column named twice, is refused."""
+    module, kind = type(frame).__module__.split(".")[0], type(frame).__name__
+    if module == "polars" and kind == "LazyFrame":
+        raise TypeError("label_frame takes a DataFrame, not a polars LazyFrame: pass frame.collect().")
+    if module in ("polars", "pandas") and kind == "Series":
+        raise TypeError(f"label_frame takes a DataFrame, not a {module} Series: pass series.to_frame('text'), or "
+                        "labeler.predict(series.to_list()) for the labels alone.")
+    if isinstance(frame, pa.Table):
+        names = frame.column_names
+    elif module in ("polars", "pandas") and kind == "DataFrame":
+        names = [str(c) for c in frame.columns]
+    else:
+        raise TypeError(f"label_frame takes a Polars or pandas DataFrame or a pyarrow Table, not {kind}.")
+    if names.count(text_column) > 1:
+        raise InputError(f"The frame has {names.count(text_column)} columns named {text_column!r}: rename them "
+                         "apart, or choose another `text_column`.")
+    if text_column not in names:
+        return module, names, None
+    if isinstance(frame, pa.Table):
+        return "pyarrow", names, frame.column(text_column)
+    if module == "polars":
+        return module, names, frame.get_column(text_column).to_arrow()
+    column = frame[text_column]
+    try:
+        return module, names, pa.array(column, from_pandas=True)  # numbers too: labelled as their text
+    except (pa.ArrowTypeError, pa.ArrowInvalid, UnicodeEncodeError):  # mixed: the first odd row, named
+        return module, names, text_array(column.to_list(), lambda i: f"Column {text_column!r} of the frame, row "
+                                         f"{i + 1} (index {column.index.tolist()[i]!r}),", from_pandas=True)
