@@ -201,13 +201,29 @@ def check_tokenizer(tok: Any, path: Path, config: ModelConfig, rows: int | None)
 
 
 def _materialize_buffers(model: nn.Module) -> None:
-    """Non-persistent buffers (transformers' position_ids) are not in the file: rebuild them."""
-    for module in model.modules():
+    """Non-persistent buffers are not in the weights file, so they are still on the meta device:
+    BERT's position_ids and token_type_ids are rebuilt here (the fast path); any other (rotary
+    inv_freq in ModernBERT-style encoders, say) is taken from a freshly built copy of the encoder,
+    which computes them from its config as it would when training."""
+    meta = []
+    for module_name, module in model.named_modules():
         for name, buf in list(module.named_buffers(recurse=False)):
-            if buf.is_meta:
-                if name == "position_ids":
-                    module.register_buffer(name, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
-                elif name == "token_type_ids":
-                    module.register_buffer(name, torch.zeros(buf.shape, dtype=torch.long), persistent=False)
-                else:
-                    raise ModelError(f"Cannot rebuild buffer {name} of {type(module).__name__}.")
+            if not buf.is_meta:
+                continue
+            if name == "position_ids":
+                module.register_buffer(name, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
+            elif name == "token_type_ids":
+                module.register_buffer(name, torch.zeros(buf.shape, dtype=torch.long), persistent=False)
+            else:
+                meta.append((module_name, module, name))
+    if not meta:
+        return
+    assert isinstance(model, EmotionClassifier)
+    with torch.device("cpu"):
+        fresh = dict(_build_encoder(model.config.encoder).named_buffers())
+    for module_name, module, name in meta:
+        key = f"{module_name}.{name}".removeprefix("encoder.")
+        if key not in fresh or fresh[key].shape != module.get_buffer(name).shape:
+            raise ModelError(f"Cannot rebuild buffer {name} of {type(module).__name__}: the encoder built from "
+                             f"{CONFIG_NAME} has no such buffer.")
+        module.register_buffer(name, fresh[key], persistent=False)

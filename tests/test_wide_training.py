@@ -191,3 +191,44 @@ def test_the_mpnet_teacher_is_assembled_from_its_five_packages(tmp_path, monkeyp
     del dists[train.MPNET_PARTS[2]]
     monkeypatch.setenv("EMOLABEL_CACHE", str(tmp_path / "other"))
     assert train.resolve_base("all-mpnet-base-v2") == "all-mpnet-base-v2"  # a part missing: the hub id
+
+
+@pytest.fixture(scope="session")
+def tiny_modernbert(tmp_path_factory):
+    """A tiny random ModernBERT: rotary position embeddings, whose inv_freq buffers are
+    non-persistent (not in the weights file), unlike BERT's position_ids."""
+    from conftest import tiny_tokenizer
+    from transformers import ModernBertConfig, ModernBertModel, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-modernbert"
+    tok = tiny_tokenizer()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(folder)
+    torch.manual_seed(0)
+    config = ModernBertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, intermediate_size=64, pad_token_id=0, bos_token_id=2,
+                              eos_token_id=3, cls_token_id=2, sep_token_id=3, max_position_embeddings=64)
+    ModernBertModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_an_encoder_with_non_persistent_buffers_fine_tunes_evaluates_and_tags(tmp_path, tiny_modernbert, sources):
+    """finetune -> eval -> tag round trip: the rotary buffers are rebuilt when the folder loads
+    (model._materialize_buffers used to refuse any buffer but position_ids and token_type_ids)."""
+    a, _, va, _ = sources
+    out = tmp_path / "m"
+    finetune([str(a)], [str(va)], out, base=str(tiny_modernbert), train_config=TrainConfig(epochs=1, batch_size=8),
+             model_options=TINY, device="cpu", checkpoint_minutes=None)
+    from emolabel.model import load
+
+    model = load(out)
+    inv = [b for n, b in model.named_buffers() if n.endswith("inv_freq")]
+    assert inv and not any(b.is_meta for b in inv)
+    r = invoke("eval", str(va), "--model", str(out))
+    assert r.exit_code == 0, r.stderr
+    texts = [t for t, _ in ROWS]
+    (tmp_path / "in.csv").write_text("text\n" + "\n".join(texts) + "\n")
+    r = invoke("tag", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.csv"), "--model", str(out))
+    assert r.exit_code == 0, r.stderr
+    probs = Labeler(out, device="cpu").predict_proba(texts)
+    assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-5)
