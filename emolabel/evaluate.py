@@ -19,7 +19,11 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarr
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> dict[str, Any]:
-    """Accuracy, macro-F1 and per-class precision/recall/F1/support from the confusion matrix."""
+    """Accuracy, macro-F1 and per-class precision/recall/F1/support from the confusion matrix.
+
+    macro-F1 is the mean over the labels the table has (support > 0): a table without love (TEC)
+    or with three labels (EmoContext) is not marked down for labels it cannot hold; predicting such
+    a label is still a miss, through the recall of the row's true label."""
     cm = confusion_matrix(y_true, y_pred, n)
     tp = np.diag(cm).astype(float)
     predicted = cm.sum(axis=0)
@@ -29,7 +33,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> di
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=(precision + recall) > 0)
     return {
         "accuracy": float(tp.sum() / max(cm.sum(), 1)),
-        "macro_f1": float(f1.mean()),
+        "macro_f1": float(f1[support > 0].mean()) if (support > 0).any() else 0.0,
         "precision": precision.tolist(),
         "recall": recall.tolist(),
         "f1": f1.tolist(),

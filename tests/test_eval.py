@@ -29,6 +29,16 @@ def test_metrics_match_a_hand_computed_confusion_matrix():
     assert m["support"] == [3, 2, 1]
 
 
+def test_macro_f1_is_over_the_labels_the_table_has():
+    """A table without a label (TEC has no love) is not marked down for it; predicting that label
+    is still a miss, through the recall of the row's true label."""
+    y_true = np.array([0, 0, 1, 1])
+    m = classification_metrics(y_true, np.array([0, 0, 1, 1]), 3)  # label 2 absent, never predicted
+    assert m["macro_f1"] == pytest.approx(1.0)
+    m = classification_metrics(y_true, np.array([0, 2, 1, 1]), 3)  # one row predicted as the absent label
+    assert m["macro_f1"] == pytest.approx((2 * 1 * 0.5 / 1.5 + 1.0) / 2)  # labels 0 and 1 only
+
+
 def test_ece_of_a_perfectly_calibrated_and_an_overconfident_model():
     probs = np.array([[0.75, 0.25]] * 4)
     assert expected_calibration_error(probs, np.array([0, 0, 0, 1])) == pytest.approx(0.0)
