@@ -321,3 +321,18 @@ def test_ray_engine(hf_distilbert, tmp_path):
     order = [int(k.rsplit("#", 1)[1]) for k in table.column("emotion_row_id").to_pylist()]
     got = dict(zip(order, table.column("emotion").to_pylist()))
     assert [got[i] for i in range(len(texts))] == [expected_label(p, labels, True) for p in want]
+
+
+def test_ray_actor_labels_through_the_same_seam(hf_distilbert, monkeypatch):
+    """What each Ray actor runs (no Ray needed): a multi-label model's labels, as the local engine's."""
+    from emolabel.ray_engine import CUT_COLUMN, SOURCE_COLUMN, LabelerActor
+    from emolabel.pipeline import TagOptions
+
+    for name in ("RAYON_NUM_THREADS", "OMP_NUM_THREADS"):  # the actor sets them; put them back afterwards
+        monkeypatch.setenv(name, "1")
+    texts = [t for t in TEXTS if t]
+    table = pa.table({"text": texts, SOURCE_COLUMN: pa.array(["in.parquet"] * len(texts)).dictionary_encode()})
+    out = LabelerActor(str(hf_distilbert), TagOptions(model=str(hf_distilbert), device="cpu"))(table)
+    labels, want = reference(hf_distilbert, texts)
+    assert out.column_names[-2:] == ["emotion_fear", CUT_COLUMN]
+    assert out.column("emotion").to_pylist() == [expected_label(p, labels, True) for p in want]
