@@ -60,7 +60,7 @@ def cli() -> None:
               help="Input format (default: from the file extension; lines: one text per line, as .txt).")
 @click.option("--output-format", type=click.Choice(FORMATS), help="Output format (default: from the extension).")
 @click.option("--text-column", default="text", show_default=True, help="Column holding the text to label.")
-@click.option("--model", "model_dir", type=click.Path(), help="Model folder (default: the shipped model).")
+@click.option("--model", "model_dir", type=click.Path(), help="Model folder: emolabel's, or a Hugging Face sequence-classification folder as it is (default: the shipped model).")
 @click.option("--prefix", default="emotion", show_default=True, help="Name prefix of the added columns.")
 @click.option("--batch-size", type=click.IntRange(1), help="Most rows per model batch [1024 GPU, 64 CPU].")
 @click.option("--max-tokens", type=click.IntRange(2), help="Most padded tokens per batch [65536 GPU, 4096 CPU].")
@@ -80,7 +80,8 @@ def cli() -> None:
               help="A malformed CSV row or JSON line: stop, or leave it out and report its line.")
 @click.option("--min-score", type=click.FloatRange(0, 1),
               help="Rows whose top probability is below this get no label and EMOTION_status 'uncertain' "
-                   "(see `emolabel eval` for the coverage each value gives).")
+                   "(see `emolabel eval` for the coverage each value gives). A multi-label model: the score each "
+                   "label must reach to be in EMOTION (joined by |) [0.5].")
 @click.option("--limit", type=click.IntRange(1), help="Label only the first N rows (a quick try on a big file).")
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last committed chunk "
@@ -203,8 +204,8 @@ def tag(
 
 @cli.command("label")
 @click.argument("texts", metavar="TEXT...", nargs=-1, required=True)
-@click.option("--model", "model_dir", type=click.Path(), help="Model folder (default: the shipped model).")
-@click.option("--min-score", type=click.FloatRange(0, 1), help="Say 'uncertain' below this top probability.")
+@click.option("--model", "model_dir", type=click.Path(), help="Model folder: emolabel's, or a Hugging Face sequence-classification folder as it is (default: the shipped model).")
+@click.option("--min-score", type=click.FloatRange(0, 1), help="Say 'uncertain' below this top probability (multi-label model: each label's threshold [0.5]).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per text, with every probability.")
 def label_command(texts: tuple[str, ...], model_dir: str | None, min_score: float | None, as_json: bool) -> None:
     """Label a few texts given on the command line. A TEXT of - reads one text per line from
@@ -238,7 +239,7 @@ def label_command(texts: tuple[str, ...], model_dir: str | None, min_score: floa
             click.echo(f"(no text)\t{row['text']}")
         else:
             best = max(labeler.labels, key=lambda name: row[f"{P}_{name}"])  # the first of a tie, as argmax
-            what = f"{best} {row[f'{P}_score']:.2f}"
+            what = f"{row[P] or best} {row[f'{P}_score']:.2f}"  # a multi-label model: its labels, joined
             click.echo(f"{what if row[P] else f'uncertain ({what})'}\t{row['text']}")
 
 

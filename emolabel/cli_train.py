@@ -226,7 +226,7 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
 
 @click.command("eval")
 @click.argument("tests", metavar="TABLE...", nargs=-1, required=True)
-@click.option("--model", "model_dir", type=click.Path(), help="Model folder [the shipped model].")
+@click.option("--model", "model_dir", type=click.Path(), help="Model folder: emolabel's or a Hugging Face sequence classifier [the shipped model].")
 @click.option("--report", type=click.Path(file_okay=False),
               help="Folder for metrics.json, confusion matrices and calibration.png (needs matplotlib: "
                    "pip install 'emolabel[report]').")
@@ -255,9 +255,10 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
     """
     from rich.console import Console
 
-    from emolabel.config import ModelConfig, default_model_dir
+    from emolabel.config import default_model_dir
     from emolabel.data import Source, load_sources
     from emolabel.evaluate import (
+        eval_labels,
         evaluate_tables,
         plotting_available,
         rows_to_score,
@@ -277,10 +278,11 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
     try:
         with signals_raise():  # SIGINT and SIGTERM end it as they end tag: a message, 128 + the signal
             folder = Path(model_dir) if model_dir else default_model_dir()
-            labels = ModelConfig.load(folder).labels  # the label set, without loading the model
+            labels = eval_labels(folder)  # the label set, without loading the model
             fix = ("The model knows these labels only: map the others to them (or drop those rows), or evaluate "
                    "a model trained with them.")
-            data, _ = load_sources([Source(t) for t in tests], input_format, text_column, label_column, labels, fix)
+            data, _ = load_sources([Source(t) for t in tests], input_format, text_column, label_column, labels, fix,
+                                   fold_case=True)
             err.print(f"loading {folder}")
             from emolabel.inference import Labeler
 

@@ -54,8 +54,9 @@ LABELS_FIX = "Pass `labels` to give the full label set."  # finetune's; eval's l
 
 
 def labelled_data(table: pa.Table, name: str, text_column: str, label_column: str, labels: list[str] | None,
-                  fix: str = LABELS_FIX) -> tuple[LabelledData, list[str]]:
-    """Texts and label ids of a table; every problem is reported before training starts."""
+                  fix: str = LABELS_FIX, fold_case: bool = False) -> tuple[LabelledData, list[str]]:
+    """Texts and label ids of a table; every problem is reported before training starts. `fold_case`
+    (eval): a label name matches whatever its case ("Joy" is joy), unless two labels differ only by it."""
     for col, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
         if col not in table.column_names:
             raise InputError(
@@ -75,6 +76,13 @@ def labelled_data(table: pa.Table, name: str, text_column: str, label_column: st
             raise InputError(f"{name} has only one label ({labels[0]!r}); a classifier needs at least two. "
                              "Pass `labels` to name the full label set.")
     index = {n: i for i, n in enumerate(labels)}
+    if fold_case:
+        folded = [n.casefold() for n in labels]
+        index = {f: i for i, f in enumerate(folded) if folded.count(f) == 1} | index  # an exact name wins
+
+    def find(v: str) -> int | None:
+        return index.get(v, index.get(v.casefold()) if fold_case else None)
+
     if all(v.lstrip("-").isdigit() for v in raw_labels):  # type: ignore[union-attr]
         ids = [int(v) for v in raw_labels]  # type: ignore[arg-type]
         bad = [(r, v) for r, v in enumerate(ids) if not 0 <= v < len(labels)]
@@ -83,11 +91,11 @@ def labelled_data(table: pa.Table, name: str, text_column: str, label_column: st
             raise InputError(f"{name}: row {r + 1} has label id {v}, outside 0..{len(labels) - 1} "
                              f"for labels {', '.join(labels)}. {fix}")
     else:
-        unknown = [(r, v) for r, v in enumerate(raw_labels) if v not in index]
+        unknown = [(r, v) for r, v in enumerate(raw_labels) if find(v) is None]  # type: ignore[arg-type]
         if unknown:
             r, v = unknown[0]
             raise InputError(f"{name}: row {r + 1} has label {v!r}, which is not one of {', '.join(labels)}. {fix}")
-        ids = [index[v] for v in raw_labels]  # type: ignore[index]
+        ids = [find(v) for v in raw_labels]  # type: ignore[arg-type]
     texts = table.column(text_column).cast(pa.string()).to_pylist()
     keep = [i for i, t in enumerate(texts) if t is not None and t.strip()]
     data = LabelledData([texts[i] for i in keep], np.asarray(ids, dtype=np.int64)[keep], len(texts) - len(keep))
@@ -148,12 +156,14 @@ class SourceData:
 
 
 def load_sources(sources: list[Source], fmt: str | None, text_column: str, label_column: str,
-                 labels: list[str] | None, fix: str = LABELS_FIX) -> tuple[list[SourceData], list[str]]:
+                 labels: list[str] | None, fix: str = LABELS_FIX, fold_case: bool = False
+                 ) -> tuple[list[SourceData], list[str]]:
     """Read and check every table (all before any model loads); the first fixes the label set
     unless `labels` is given."""
     out = []
     for src in sources:
-        data, labels = labelled_data(read_table(src.path, fmt), src.path, text_column, label_column, labels, fix)
+        data, labels = labelled_data(read_table(src.path, fmt), src.path, text_column, label_column, labels, fix,
+                                     fold_case)
         out.append(SourceData(src, data, file_sha256(src.path)))
     return out, labels  # type: ignore[return-value]
 

@@ -104,6 +104,20 @@ def evaluate_probs(probs: np.ndarray, y_true: np.ndarray, labels: list[str]) -> 
     return out
 
 
+def eval_labels(folder: Path) -> list[str]:
+    """The labels gold labels are matched to (by name, any case, or by id), read without loading the
+    model; a multi-label model is refused: these metrics score one label per row."""
+    from emolabel.classifier import spec
+    from emolabel.errors import ModelError
+
+    s = spec(folder)
+    if s.multi_label:
+        raise ModelError(f"{folder} is a multi-label model (problem_type multi_label_classification): eval scores "
+                         "one label per row (accuracy, macro-F1, calibration of the top probability). Use `emolabel "
+                         "tag` for its labels, or evaluate a single-label model.")
+    return s.labels
+
+
 def evaluate_tables(labeler: Any, tables: list[Any], styles: bool = False, on_table: Any = None,
                     on_rows: Callable[[str, int], None] | None = None) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Score `labeler` on labelled tables (data.SourceData, read and checked beforehand): one entry

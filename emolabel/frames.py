@@ -12,7 +12,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from emolabel.config import ModelConfig, default_model_dir
+from emolabel.classifier import spec
+from emolabel.config import default_model_dir
 from emolabel.errors import InputError, OptionError
 from emolabel.inference import Labeler, text_array
 from emolabel.labels import DEFAULT_PREFIX, label_columns
@@ -32,7 +33,7 @@ def label_frame(frame: Any, labeler: Labeler | None = None, text_column: str = "
         raise OptionError("Give `labeler` or `model`, not both: a labeler's model is already loaded.")
     module, names, texts = _frame_texts(frame, text_column)
     folder = Path(model) if model else default_model_dir()
-    labels = labeler.labels if labeler is not None else ModelConfig.load(folder).labels
+    labels = labeler.labels if labeler is not None else spec(folder).labels
     schema = pa.schema([pa.field(n, texts.type if n == text_column and texts is not None else pa.null())
                         for n in names])
     check_columns(schema, "the frame", text_column, labels, prefix, min_score is not None, file=False)
@@ -40,8 +41,8 @@ def label_frame(frame: Any, labeler: Labeler | None = None, text_column: str = "
     texts = as_text(texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts, "the frame", text_column)
     labeler = labeler or Labeler(folder)
     parts = [label_columns(labeler.run(labeler.prepare(texts.slice(i, chunk_rows))), labeler.labels, prefix,
-                           min_score) for i in range(0, len(texts), chunk_rows)] or [
-        label_columns(labeler.run(labeler.prepare(texts)), labeler.labels, prefix, min_score)]
+                           min_score, labeler.multi_label) for i in range(0, len(texts), chunk_rows)] or [
+        label_columns(labeler.run(labeler.prepare(texts)), labeler.labels, prefix, min_score, labeler.multi_label)]
     added = pa.table({name: pa.chunked_array([part[name] for part in parts]) for name in parts[0]})
     if module == "polars":
         import polars as pl

@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from emolabel import batching
+from emolabel import batching, classifier
 from emolabel import model as model_lib
 from emolabel.config import PRECISIONS, TOKENIZER_NAME, available_cpus
 from emolabel.errors import OptionError
-from emolabel.labels import softmax
+from emolabel.labels import label_columns, probabilities
 from emolabel.normalize import bert_uncased_ready, normalize
 
 
@@ -238,14 +238,13 @@ class Labeler:
         if threads:
             torch.set_num_threads(threads)
         self.model_dir = Path(model_dir)
-        path = self.model_dir / TOKENIZER_NAME  # read once, checked by load(), then used; a missing
-        tokenizer = model_lib.read_tokenizer(path) if path.is_file() else None  # one: load() says what is missing
-        self.model = model_lib.load(self.model_dir, tokenizer=tokenizer)
-        self.config = self.model.config
+        # emolabel's own folder or a transformers classifier: the same Settings and forward either way
+        self.config, self.model = classifier.load(self.model_dir)
         self.labels = list(self.config.labels)
-        limit = getattr(self.model.encoder.config, "max_position_embeddings", 512)
-        self.max_length = min(max_length or self.config.max_length, limit)
-        self.encoder = TextEncoder(self.model_dir, self.max_length, self.config.normalization, tokenizer=tokenizer)
+        self.multi_label = self.config.multi_label  # a sigmoid per label (labels.probabilities)
+        self.max_length = min(max_length or self.config.max_length, self.config.max_positions)
+        self.encoder = TextEncoder(self.model_dir, self.max_length, self.config.normalization,
+                                   tokenizer=self.config.tokenizer)
         gpu = self.device.type == "cuda"
         # Rows per batch and padded tokens per batch. On the CPU, time grows with tokens and
         # small batches keep caches warm; on a GPU, large batches keep the card busy.
@@ -326,7 +325,7 @@ class Labeler:
             batches = prepared.batches[i : i + step]
             rows = prepared.rows[done : done + sum(len(ids) for ids, _ in batches)]
             part = dataclasses.replace(prepared, rows=rows, batches=batches)
-            probs[rows] = softmax(self.logits(part), self.config.temperature)
+            probs[rows] = probabilities(self.logits(part), self.config.temperature, self.multi_label)
             done += len(rows)
             if on_rows:
                 on_rows(len(rows))
@@ -340,11 +339,11 @@ class Labeler:
 
     def predict(self, texts: list[str | None], min_score: float | None = None) -> list[str | None]:
         """The most likely label of each text: None where there is no text, and with `min_score`
-        where the top probability is below it (predict_proba tells the two apart: NaN for no text)."""
+        where the top probability is below it (predict_proba tells the two apart: NaN for no text).
+        A multi-label model: every label scoring at least `min_score` (default 0.5), joined by "|"."""
         from emolabel.pipeline import TagOptions
 
         TagOptions.checked(min_score=min_score)
         probs = self.predict_proba(texts)
-        return [None if np.isnan(p[0]) or (min_score is not None and p.max() < min_score)
-                else self.labels[int(p.argmax())] for p in probs]
+        return label_columns(probs, self.labels, "label", min_score, self.multi_label)["label"].to_pylist()
 

@@ -6,6 +6,12 @@ import numpy as np
 import pyarrow as pa
 
 DEFAULT_PREFIX = "emotion"
+# A multi-label model (a sigmoid per label) labels a row with every label whose score reaches a
+# threshold: `min_score` when given, else this (the usual cut for independent sigmoids). The
+# labels of a row are joined by SEPARATOR, highest score first, into one string column: the
+# same type in every output format (CSV holds no lists), split with .split("|").
+MULTI_LABEL_THRESHOLD = 0.5
+SEPARATOR = "|"
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -15,6 +21,19 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     np.exp(z, out=z)
     z /= z.sum(axis=1, keepdims=True)
     return z
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Element-wise logistic of (n, labels) logits in float32: independent scores per label."""
+    z = logits.astype(np.float32)
+    with np.errstate(over="ignore"):  # exp(-z) overflows to inf for z < -88: the score is then 0
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+def probabilities(logits: np.ndarray, temperature: float = 1.0, multi_label: bool = False) -> np.ndarray:
+    """The model's logits as its scores: a softmax over the labels (one label per row), or with
+    `multi_label` a sigmoid per label (any number of labels per row)."""
+    return sigmoid(logits) if multi_label else softmax(logits, temperature)
 
 
 # With a minimum score, a status column tells the three kinds of row apart.
@@ -28,16 +47,21 @@ def column_names(labels: list[str], prefix: str = DEFAULT_PREFIX, status: bool =
 
 
 def label_columns(probs: np.ndarray, labels: list[str], prefix: str = DEFAULT_PREFIX,
-                  min_score: float | None = None) -> dict[str, pa.Array]:
+                  min_score: float | None = None, multi_label: bool = False) -> dict[str, pa.Array]:
     """Columns for a (n, labels) probability array; rows of NaN (no text) become nulls. With
     `min_score`, a row whose top probability is below it keeps its probabilities but gets no label
-    (null) and the status "uncertain"."""
+    (null) and the status "uncertain". `multi_label`: the label is every label whose score reaches
+    `min_score` (MULTI_LABEL_THRESHOLD when None), joined by SEPARATOR, highest first; none: null."""
     valid = ~np.isnan(probs[:, 0]) if len(probs) else np.zeros(0, bool)
-    best = np.where(valid, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), 0)
-    names = np.asarray(labels, dtype=object)[best]
     mask = ~valid
     score = np.where(valid, np.nan_to_num(probs, nan=0.0).max(axis=1, initial=0.0), np.nan)
-    unsure = valid & (score < min_score) if min_score is not None else np.zeros(len(valid), bool)
+    threshold = MULTI_LABEL_THRESHOLD if multi_label and min_score is None else min_score
+    unsure = valid & (score < threshold) if threshold is not None else np.zeros(len(valid), bool)
+    if multi_label:
+        names = np.asarray(_joined(probs, labels, threshold), dtype=object)
+    else:
+        best = np.where(valid, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), 0)
+        names = np.asarray(labels, dtype=object)[best]
     cols = {
         prefix: pa.array(names, type=pa.string(), mask=mask | unsure),
         f"{prefix}_score": pa.array(score.astype(np.float32), type=pa.float32(), mask=mask),
@@ -50,11 +74,17 @@ def label_columns(probs: np.ndarray, labels: list[str], prefix: str = DEFAULT_PR
     return cols
 
 
+def _joined(probs: np.ndarray, labels: list[str], threshold: float) -> list[str]:
+    """Each row's labels scoring at least `threshold`, highest first (ties: label order), joined."""
+    order = np.argsort(-np.nan_to_num(probs, nan=-1.0), axis=1, kind="stable")  # (n, labels)
+    return [SEPARATOR.join(labels[i] for i in idx if row[i] >= threshold) for row, idx in zip(probs, order)]
+
+
 def append_columns(batch: pa.RecordBatch, probs: np.ndarray, labels: list[str], schema: pa.Schema,
-                   min_score: float | None = None) -> pa.RecordBatch:
+                   min_score: float | None = None, multi_label: bool = False) -> pa.RecordBatch:
     """The input batch, unchanged, with the label columns after it (`schema`: output_schema())."""
     prefix = schema.names[batch.num_columns]
-    cols = label_columns(probs, labels, prefix, min_score)
+    cols = label_columns(probs, labels, prefix, min_score, multi_label)
     return pa.RecordBatch.from_arrays([*batch.columns, *cols.values()], schema=schema)
 
 

@@ -168,7 +168,7 @@ def label_chunk(labeler: Labeler, batch: pa.RecordBatch, prepared: Prepared, sch
                 min_score: float | None = None) -> pa.RecordBatch:
     """The model on a prepared chunk: `batch` with its label columns (`schema`: check_columns').
     The one labelling step of every engine."""
-    return append_columns(batch, labeler.run(prepared), labeler.labels, schema, min_score)
+    return append_columns(batch, labeler.run(prepared), labeler.labels, schema, min_score, labeler.multi_label)
 
 
 def tag(
@@ -403,7 +403,8 @@ class TagOptions:
     delimiter: str | None = None  # of CSV input; None: a tab for .tsv, else a comma
     detect_types: bool = False  # CSV input: numbers, booleans, ISO dates typed (else every column is text)
     empty_null: bool = False  # CSV input: an empty cell is null (else "")
-    min_score: float | None = None  # rows whose top probability is lower get no label, status "uncertain"
+    min_score: float | None = None  # rows whose top probability is lower get no label, status "uncertain";
+    # a multi-label model: the score a label must reach (labels.MULTI_LABEL_THRESHOLD when None)
     limit: int | None = None  # label only the first N rows (a quick try on a big file)
     overwrite: bool = False  # replace an existing output file
     resume: bool = False  # continue an interrupted run from its committed chunks
@@ -533,7 +534,8 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
     not known up front.
     """
     from emolabel import checkpoint, outputs, tables
-    from emolabel.config import ModelConfig, default_model_dir
+    from emolabel.classifier import spec
+    from emolabel.config import default_model_dir
     from emolabel.errors import OptionError
     from emolabel.inference import resolve_device
 
@@ -577,7 +579,7 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
         opts.check_input(reader.format)
         check_text_column(reader.schema, reader.name, opts.text_column)  # before the model loads: fail fast
         folder = Path(opts.model) if opts.model else default_model_dir()
-        labels = ModelConfig.load(folder).labels
+        labels = spec(folder).labels  # emolabel's own folder or a transformers classifier
         schema = check_columns(reader.schema, reader.name, opts.text_column, labels, opts.prefix,
                                status=opts.min_score is not None, warn=False)
         outputs.check_writable(schema, out_fmt, output)

@@ -99,7 +99,8 @@ class RayEngine:
     def run(self, inputs: list[str], output: str, options: TagOptions, progress: Any = None) -> Summary:
         """Label every row of `inputs` into the folder `output`; see the module docstring."""
         from emolabel import ray_adapter as adapter
-        from emolabel.config import ModelConfig, available_cpus, default_model_dir
+        from emolabel.classifier import spec
+        from emolabel.config import available_cpus, default_model_dir
 
         started = time.perf_counter()
         opts = options
@@ -116,7 +117,7 @@ class RayEngine:
         opts.check_input(fmt)
         first = tables.schema_of(paths[0], fmt, opts.chunk_rows or CHUNK_ROWS, **opts.read_options())  # all match it
         model = Path(opts.model or default_model_dir()).resolve()
-        labels = list(ModelConfig.load(model).labels)  # a bad model folder fails here, before Ray starts
+        labels = list(spec(model).labels)  # a bad model folder fails here, before Ray starts
         outputs.check_output_folder(output, opts.overwrite, paths)
         schemes = {p.split("://", 1)[0] if tables.is_uri(p) else "" for p in paths}
         if len(schemes) > 1:
