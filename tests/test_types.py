@@ -20,8 +20,15 @@ from emolabel.tables import Format, open_input, open_stream
 ADDED = ["emotion", "emotion_score"]
 
 
+def cli(*args, input=None):
+    """emolabel in a subprocess, stderr as text."""
+    r = run_cli(*args, input=input)
+    r.stderr = r.stderr.decode()
+    return r
+
+
 def tag(tiny_model, src, out, *extra):
-    return run_cli("tag", str(src), "-o", str(out), "--model", str(tiny_model), "-q", *extra)
+    return cli("tag", str(src), "-o", str(out), "--model", str(tiny_model), "-q", *extra)
 
 
 def test_json_lines_types_do_not_depend_on_chunk_rows(tmp_path):
@@ -153,7 +160,7 @@ def test_detect_types_never_loses_digits_and_says_the_types(tmp_path, tiny_model
     assert t.column("id").to_pylist() == ["12345678901234567890", "2"]
     assert t.column("hex").to_pylist() == ["0x1F", "0x20"] and t.column("zip").to_pylist() == ["007", "008"]
     assert t.column("flag").to_pylist() == [0, 1] and t.column("rating").to_pylist() == [4.5, 2.0]
-    summary = run_cli("tag", str(src), "-o", str(tmp_path / "p.parquet"), "--model", str(tiny_model),
+    summary = cli("tag", str(src), "-o", str(tmp_path / "p.parquet"), "--model", str(tiny_model),
                       "--detect-types", "--text-columns", "flag")
     assert summary.returncode == 0, summary.stderr
     assert "types: rating double; the other columns text" in summary.stderr.replace("\n", " ")
@@ -197,6 +204,6 @@ def test_files_with_a_bom_are_read(tmp_path, tiny_model, codec, bom):
     assert [(x["id"], x["text"]) for x in rows] == [("1", "café crème"), ("2", "naïve, ☃")]
     jsonl = tmp_path / "in.jsonl"
     jsonl.write_bytes(bom + '{"text": "café"}\n'.encode(codec))
-    r = run_cli("tag", "-", "--model", str(tiny_model), "-q", "--encoding", given, input=jsonl.read_bytes())
+    r = cli("tag", "-", "--model", str(tiny_model), "-q", "--encoding", given, input=jsonl.read_bytes())
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["text"] == "café"
