@@ -72,9 +72,12 @@ def cli() -> None:
               "numbers then depend on the rows batched with it.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for the model [all cores].")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV/JSON Lines input, e.g. latin-1.")
-@click.option("--delimiter", help="CSV input: the field separator [a tab for .tsv, else ,], e.g. ';'.")
+@click.option("--delimiter", help="CSV input: the field separator [a tab for .tsv, else ,], e.g. ';', or '\\t' "
+              "or tab for a tab.")
 @click.option("--detect-types", is_flag=True, help="CSV input: give numbers, booleans and ISO dates/timestamps their "
-              "types (else every column is text, written back exactly); the text column stays text.")
+              "types where the type holds every value of the first 50,000 rows exactly (else the column stays "
+              "text, as every column is without this flag); the text column stays text. The summary says the types.")
+@click.option("--text-columns", metavar="A,B", help="With --detect-types: keep these columns as text (ids, codes).")
 @click.option("--empty-null", is_flag=True, help="CSV input: an empty cell is null (else an empty string).")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="A malformed CSV row or JSON line: stop, or leave it out and report its line.")
@@ -113,6 +116,7 @@ def tag(
     encoding: str,
     delimiter: str | None,
     detect_types: bool,
+    text_columns: str | None,
     empty_null: bool,
     on_error: str,
     min_score: float | None,
@@ -167,6 +171,7 @@ def tag(
                          output_format=output_format, batch_size=batch_size, max_tokens=max_tokens,
                          max_length=max_length, chunk_rows=chunk_rows, device=device, precision=precision,
                          threads=threads, encoding=encoding, delimiter=delimiter, detect_types=detect_types,
+                         text_columns=tuple(c.strip() for c in text_columns.split(",")) if text_columns else (),
                          empty_null=empty_null, on_error=on_error, min_score=min_score, limit=limit,
                          overwrite=overwrite, resume=resume)
     progress = _Progress(console, quiet)
@@ -359,6 +364,9 @@ def _print_summary(console: Any, s: Any, output: str) -> None:
         shown = ", ".join(map(str, s.skipped_lines[:10]))
         more = f" and {len(s.skipped_lines) - 10} more" if len(s.skipped_lines) > 10 else ""
         extra.append(f"{len(s.skipped_lines)} malformed line(s) skipped: {shown}{more}")
+    if s.types:
+        typed = [f"{k} {v}" for k, v in s.types.items() if v != "string"]
+        extra.append(f"types: {', '.join(typed) or 'none'}; {'the other columns' if typed else 'every column'} text")
     if console.is_terminal and s.label_counts:  # a distribution reads faster as bars than as numbers
         top = max(s.label_counts.values())
         width = max(len(k) for k in s.label_counts)

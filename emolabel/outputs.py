@@ -112,54 +112,27 @@ class TableWriter:
     """One format's incremental writer on an open binary file: write(batch)... then close().
     The one place a format is written (the local Writer and Ray's part files both use it)."""
 
-    EMPTY_KEY = "\x00emolabel-empty-key\x00"  # polars renames a column "" to column_0: written under this, then put back
-
     def __init__(self, file: Any, fmt: Format, schema: pa.Schema, delimiter: str = ","):
         if fmt not in WRITABLE:
             raise OutputError(f"{fmt.value} is an input format only; write {', '.join(f.value for f in WRITABLE)}.")
         self.file, self.format = file, fmt
         self._writer: Any = None
-        self._warned = False
-        if fmt is Format.PARQUET:
+        if fmt is Format.JSONL:
+            from emolabel.jsonl import JsonLinesWriter  # how JSON Lines objects are written: jsonl.py
+
+            self._json = JsonLinesWriter()
+        elif fmt is Format.PARQUET:
             self._writer = pq.ParquetWriter(file, schema, compression="zstd")
         elif fmt is Format.CSV:
             self._writer = pa_csv.CSVWriter(file, schema, write_options=pa_csv.WriteOptions(delimiter=delimiter))
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         if self.format is Format.JSONL:
-            self.file.write(self._ndjson(batch))
+            self.file.write(self._json.dumps(batch))
         elif isinstance(batch, pa.Table):
             self._writer.write_table(batch)
         else:
             self._writer.write(batch)
-
-    def _ndjson(self, batch: pa.RecordBatch | pa.Table) -> bytes:
-        """polars' JSON Lines (integers with nulls stay integers; pandas makes them floats), with a
-        key "" kept as "" and a warning where JSON cannot hold a value (NaN, Infinity: null)."""
-        import polars as pl
-        import pyarrow.compute as pc
-
-        if not self._warned:
-            odd = [f.name for f, col in zip(batch.schema, batch.columns) if pa.types.is_floating(f.type)
-                   and pc.any(pc.invert(pc.is_finite(col))).as_py()]
-            if odd:
-                import warnings
-
-                from emolabel.errors import EmolabelWarning
-
-                self._warned = True
-                warnings.warn(EmolabelWarning(
-                    f"column(s) {', '.join(map(repr, odd))} hold NaN or Infinity, which JSON cannot: written as "
-                    "null. Write Parquet or CSV to keep them."), stacklevel=2)
-        empty = "" in batch.schema.names
-        if empty:
-            batch = batch.rename_columns([self.EMPTY_KEY if n == "" else n for n in batch.schema.names])
-        buf = io.BytesIO()
-        pl.from_arrow(batch).write_ndjson(buf)  # type: ignore[union-attr]
-        data = buf.getvalue()
-        if empty:  # only a key is followed by ':' right after its closing quote, so values are untouched
-            data = data.replace(b'"\\u0000emolabel-empty-key\\u0000":', b'"":')
-        return data
 
     def close(self) -> None:
         """Finish the format (Parquet's footer); the file itself stays open."""

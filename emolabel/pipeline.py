@@ -49,6 +49,7 @@ class Summary:
     output: str = ""  # where the rows went ("-": stdout)
     files: list[str] = field(default_factory=list)  # an engine that writes a folder: its part files
     engine: str = "local"
+    types: dict[str, str] = field(default_factory=dict)  # detect_types: each column's type, as read
 
     @property
     def rows_per_s(self) -> float:
@@ -244,6 +245,7 @@ def tag(
                 progress(batch.num_rows)
     summary.seconds = time.perf_counter() - start
     summary.skipped_lines = list(reader.skipped)
+    summary.types = dict(reader.types or {})
     return summary
 
 
@@ -401,7 +403,8 @@ class TagOptions:
     encoding: str = "utf-8"  # of CSV / JSON Lines / lines input
     on_error: str = "fail"  # a malformed row: "fail", or "skip" it and report its line
     delimiter: str | None = None  # of CSV input; None: a tab for .tsv, else a comma
-    detect_types: bool = False  # CSV input: numbers, booleans, ISO dates typed (else every column is text)
+    detect_types: bool = False  # CSV input: numbers, booleans, ISO dates typed where exact (else every column is text)
+    text_columns: tuple[str, ...] = ()  # with detect_types: columns kept as text (ids, codes)
     empty_null: bool = False  # CSV input: an empty cell is null (else "")
     min_score: float | None = None  # rows whose top probability is lower get no label, status "uncertain";
     # a multi-label model: the score a label must reach (labels.MULTI_LABEL_THRESHOLD when None)
@@ -416,6 +419,14 @@ class TagOptions:
         "overwrite": "only whether an existing file may be replaced",
         "resume": "only whether committed progress is used",
     }
+
+    def __post_init__(self) -> None:
+        from emolabel.detect import delimiter
+
+        if isinstance(self.text_columns, list):
+            self.text_columns = tuple(self.text_columns)
+        if isinstance(self.delimiter, str):
+            self.delimiter = delimiter(self.delimiter)  # `\\t` and `tab` are a tab: one place reads them
 
     def resolve(self, device_type: str) -> TagOptions:
         """The read chunk's default for the device filled in (the Labeler fills in its own batch
@@ -465,6 +476,8 @@ class TagOptions:
             raise OptionError(f"`delimiter` must be one character (not a quote or a line break), not {self.delimiter!r}.")
         if self.on_error not in ("fail", "skip"):
             raise OptionError(f"Unknown `on_error` {self.on_error!r}: use fail or skip.")
+        if self.text_columns and not self.detect_types:
+            raise OptionError("`text_columns` only applies with `detect_types` (without it every column is text).")
 
     def _check_types(self) -> None:
         """Each field of the type its annotation names (a number for a float, a path for `model`):
@@ -477,10 +490,15 @@ class TagOptions:
                  str: ("a str", str)}
         hints = typing.get_type_hints(type(self))
         for name in (f.name for f in dataclasses.fields(self)):
-            value, allowed = getattr(self, name), typing.get_args(hints[name]) or (hints[name],)
+            value, hint = getattr(self, name), hints[name]
+            allowed = (hint,) if typing.get_origin(hint) is tuple else typing.get_args(hint) or (hint,)
             if value is None and type(None) in allowed:
                 continue
             base = next(t for t in allowed if t is not type(None))
+            if typing.get_origin(base) is tuple:  # a tuple of names
+                if not (isinstance(value, tuple) and all(isinstance(v, str) for v in value)):
+                    raise TypeError(f"`{name}` must be a list or tuple of str, not {type(value).__name__} {value!r}.")
+                continue
             what, cls = kinds[base]
             if name == "model":
                 what, cls = "a folder path (str or Path)", (str, os.PathLike)
@@ -491,20 +509,23 @@ class TagOptions:
 
     def check_input(self, fmt: Any) -> None:
         """CSV's reading options given for another input format would do nothing: refused."""
-        csv_only = [f"`{n}`" for n in ("delimiter", "detect_types", "empty_null") if getattr(self, n)]
+        csv_only = [f"`{n}`" for n in ("delimiter", "detect_types", "empty_null", "text_columns") if getattr(self, n)]
         if csv_only and fmt.value != "csv":
             from emolabel.errors import OptionError
 
             raise OptionError(f"{', '.join(csv_only)} only apply to CSV input, and the input is {fmt.value}.")
 
-    def read_options(self) -> dict[str, Any]:
-        """tables.open_input / open_stream's options for this run."""
+    def read_options(self, keep_json: bool = False, reserved: tuple[str, ...] = ()) -> dict[str, Any]:
+        """tables.open_input / open_stream's options for this run: `keep_json` when JSON Lines are
+        written (JSON Lines input is then kept as read), `reserved` the columns the run adds."""
         return dict(encoding=self.encoding, on_error=self.on_error, delimiter=self.delimiter,
-                    detect_types=self.detect_types, empty_null=self.empty_null, text_column=self.text_column)
+                    detect_types=self.detect_types, empty_null=self.empty_null, text_column=self.text_column,
+                    text_columns=self.text_columns, keep_json=keep_json, reserved=reserved)
 
     def output_options(self) -> dict[str, Any]:
-        """The fields that change the output: what --resume must find unchanged."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.NOT_OUTPUT}
+        """The fields that change the output: what --resume must find unchanged (as JSON reads them back)."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in dataclasses.fields(self) if f.name not in self.NOT_OUTPUT}
 
 
 def as_paths(input: Any, output: Any) -> tuple[list[str], str]:
@@ -568,8 +589,12 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
     dev = resolve_device(opts.device)
     opts = opts.resolve(dev.type)
     source = f"{opts.prefix}_source" if len(inputs) > 1 else None
+    folder = Path(opts.model) if opts.model else default_model_dir()
+    labels = spec(folder).labels  # emolabel's own folder or a transformers classifier
+    added = (*column_names(labels, opts.prefix, opts.min_score is not None), *([source] if source else []))
+    keep_json = out_fmt in (None, tables.Format.JSONL)  # JSON Lines to JSON Lines: objects kept as read
     reader = tables.open_inputs(inputs, in_fmt, source_column=source, chunk_rows=opts.chunk_rows,
-                                **opts.read_options())
+                                **opts.read_options(keep_json, added))
     writer: Any = None
     try:
         if out_fmt is None:  # stdout: the input's format unless told (lines in: CSV out)
@@ -578,8 +603,6 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
                 raise OptionError("Refusing to write Parquet to a terminal; give another `output_format`.")
         opts.check_input(reader.format)
         check_text_column(reader.schema, reader.name, opts.text_column)  # before the model loads: fail fast
-        folder = Path(opts.model) if opts.model else default_model_dir()
-        labels = spec(folder).labels  # emolabel's own folder or a transformers classifier
         schema = check_columns(reader.schema, reader.name, opts.text_column, labels, opts.prefix,
                                status=opts.min_score is not None, warn=False)
         outputs.check_writable(schema, out_fmt, output)

@@ -115,9 +115,10 @@ class RayEngine:
         if fmt is None:
             raise OptionError("The Ray engine reads files, not stdin: give file paths, globs or URIs.")
         opts.check_input(fmt)
-        first = tables.schema_of(paths[0], fmt, opts.chunk_rows or CHUNK_ROWS, **opts.read_options())  # all match it
         model = Path(opts.model or default_model_dir()).resolve()
         labels = list(spec(model).labels)  # a bad model folder fails here, before Ray starts
+        read = self._read_options(opts, labels)
+        first = tables.schema_of(paths[0], fmt, opts.chunk_rows or CHUNK_ROWS, **read)  # all match it
         outputs.check_output_folder(output, opts.overwrite, paths)
         schemes = {p.split("://", 1)[0] if tables.is_uri(p) else "" for p in paths}
         if len(schemes) > 1:
@@ -138,6 +139,15 @@ class RayEngine:
                     ray.shutdown()
         summary.seconds, summary.startup = time.perf_counter() - started, startup
         return summary
+
+    def _read_options(self, opts: TagOptions, labels: list[str]) -> dict[str, Any]:
+        """The local engine's reader options: JSON Lines kept as read when JSON Lines are written
+        (typed from each file's first lines otherwise: a worker reads its file once)."""
+        from emolabel.labels import column_names
+
+        row_id = () if self.id_column else (f"{opts.prefix}_row_id",)
+        added = (*column_names(labels, opts.prefix, opts.min_score is not None), *row_id, SOURCE_COLUMN)
+        return opts.read_options(keep_json=opts.output_format == tables.Format.JSONL.value, reserved=added)
 
     def _job(self, ray: Any, paths: list[str], fmt: tables.Format, output: str, opts: TagOptions,
              labels: list[str], model: Path, pool: int | tuple[int, int], signals: Signals,
@@ -162,7 +172,8 @@ class RayEngine:
                 fs = pafs.LocalFileSystem()
                 outputs.remove_stale_temp_folders(output)
                 write_to = target = outputs.temp_folder(output)
-            read = functools.partial(_read_file, scheme=scheme, fmt=fmt, opts=opts, labels=labels,
+            read = functools.partial(_read_file, scheme=scheme, fmt=fmt, opts=opts, read=self._read_options(opts, labels),
+                                     labels=labels,
                                      id_column=self.id_column, chunk=chunk, first=(paths[0], first))
             try:
                 source = adapter.files_datasource(paths, read, parquet=fmt is tables.Format.PARQUET)
@@ -198,7 +209,8 @@ class RayEngine:
                 raise EmolabelError(f"The Ray job labelling {', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''} "
                                     f"failed: {first} (Ray's logs: /tmp/ray/session_latest/logs/)") from e
             signals.check()  # a signal that Ray caught on the way and carried on
-            summary = Summary(engine=self.name, output=output)
+            summary = Summary(engine=self.name, output=output, types={f.name: str(f.type) for f in first}
+                              if opts.detect_types and first is not None else {})
             for stats in sink.results:
                 summary.merge(Summary.from_stats(stats))
             infos = fs.get_file_info(pafs.FileSelector(target, recursive=True, allow_not_found=True))
@@ -237,7 +249,8 @@ def tag_with_ray(inputs: list[str] | str, output_dir: str, *, workers: Any = 1, 
 # -- in the read tasks ------------------------------------------------------------------------
 
 
-def _read_file(f: Any, path: str, *, scheme: str, fmt: tables.Format, opts: TagOptions, labels: list[str],
+def _read_file(f: Any, path: str, *, scheme: str, fmt: tables.Format, opts: TagOptions, read: dict[str, Any],
+               labels: list[str],
                id_column: str | None, chunk: int, first: tuple[str, pa.Schema | None]) -> Iterator[pa.Table]:
     """One file, from its first byte: checked, each row given its id and its file."""
     import numpy as np
@@ -247,15 +260,15 @@ def _read_file(f: Any, path: str, *, scheme: str, fmt: tables.Format, opts: TagO
 
     name = scheme + path
     stream = f if fmt is tables.Format.PARQUET else io.BufferedReader(f, 1 << 20)
-    reader = tables.open_stream(name, stream, fmt, chunk_rows=chunk, **opts.read_options())
+    reader = tables.open_stream(name, stream, fmt, chunk_rows=chunk, **read)
     row_id = None if id_column else f"{opts.prefix}_row_id"
     check_columns(reader.schema, name, opts.text_column, labels, opts.prefix, opts.min_score is not None,
                   added=(row_id, SOURCE_COLUMN) if row_id else (SOURCE_COLUMN,))
     if first[1] is not None:  # then the same columns and types as the first file (the local engine's rule)
         tables.check_same_columns(name, reader.schema, first[0], first[1])
-    if id_column is not None and id_column not in reader.schema.names:
-        raise InputError(f"id column {id_column!r} not found in {name}. Available columns: "
-                         f"{', '.join(reader.schema.names)}.")
+    names = reader.keys if reader.keys is not None else reader.schema.names  # JSON Lines kept as read: its keys
+    if id_column is not None and id_column not in names:
+        raise InputError(f"id column {id_column!r} not found in {name}. Available columns: {', '.join(names)}.")
     start = 0  # the row index within this file: counted here, in file order
     for batch in reader:
         n = batch.num_rows

@@ -10,7 +10,6 @@ import codecs
 import csv
 import gzip
 import io
-import json
 import os
 import shutil
 import sys
@@ -69,10 +68,14 @@ def format_from_suffix(path: str) -> Format | None:
     return SUFFIXES.get(suffixes[-1]) if suffixes else None
 
 
-def sniff_format(head: bytes) -> Format:
+def sniff_format(head: bytes, encoding: str = "utf-8") -> Format:
     """Tell a stream's format from its first bytes: Parquet's magic, a '{' for JSON Lines, else CSV."""
+    from emolabel.detect import ascii_compatible
+
     if head.startswith(b"PAR1"):
         return Format.PARQUET
+    if not ascii_compatible(encoding):  # UTF-16 or UTF-32: look at the characters
+        return Format.JSONL if head.decode(encoding, "ignore").lstrip("\ufeff \t\r\n")[:1] == "{" else Format.CSV
     if head.startswith(codecs.BOM_UTF8):
         head = head[len(codecs.BOM_UTF8) :]
     if head.lstrip()[:1] == b"{":
@@ -107,6 +110,8 @@ class Reader:
     _closers: list[Any] = field(default_factory=list)
     total_bytes: int | None = None  # a CSV / JSON Lines file's size, for progress by bytes
     bytes_read: Callable[[], int] | None = None  # how far into those bytes the reader is
+    keys: list[str] | None = None  # JSON Lines kept as read: the keys of its first lines (its columns: text, RAW)
+    types: dict[str, str] | None = None  # CSV with detect_types: the type each column got
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         return self.batches
@@ -161,7 +166,7 @@ def open_input(
                     f"Cannot tell the format of {path} from its name; "
                     f"use `input_format` ({', '.join(FORMAT_NAMES)})."
                 )
-            fmt = sniff_format(head)
+            fmt = sniff_format(head, encoding)
     closers: list[Any] = []
     try:
         source: Any = stream
@@ -184,6 +189,8 @@ def open_input(
                                      f"room ({e.strerror or e}): set TMPDIR to a folder with room, or give the "
                                      "file's path.") from None
                 source = spool.name
+        if fmt is Format.JSONL and path != STDIO and is_regular_file(path):
+            csv_options["reopen"] = lambda: _reopen(path, name)  # typed over all its lines, then read
         reader = open_stream(name, source, fmt, chunk_rows=chunk_rows, encoding=encoding, on_error=on_error,
                              **csv_options)
     except BaseException:
@@ -198,6 +205,16 @@ def open_input(
         reader.total_bytes = os.fstat(disk.fileno()).st_size if is_regular_file(path) else None
         reader.bytes_read = _position(disk) if reader.total_bytes is not None else None  # of a .gz: its compressed bytes
     return reader
+
+
+def _reopen(path: str, name: str) -> IO[bytes]:
+    """A regular file opened again from its first byte (through gzip for .gz)."""
+    f = open(path, "rb")  # noqa: SIM115 - the caller closes it
+    if not path.lower().endswith(".gz"):
+        return f
+    unzipped = _Gunzip(name, f)
+    unzipped.myfileobj = f  # GzipFile closes the file it names here when it is closed
+    return unzipped
 
 
 def _position(file: IO[bytes]) -> Callable[[], int]:
@@ -253,27 +270,41 @@ class _Gunzip(gzip.GzipFile):
 
 def open_stream(name: str, source: Any, fmt: Format, *, chunk_rows: int = 16384, encoding: str = "utf-8",
                 on_error: str = "fail", delimiter: str | None = None, detect_types: bool = False,
-                empty_null: bool = False, text_column: str | None = None) -> Reader:
+                empty_null: bool = False, text_column: str | None = None, text_columns: tuple[str, ...] = (),
+                keep_json: bool = False, reserved: tuple[str, ...] = (),
+                reopen: Callable[[], IO[bytes]] | None = None) -> Reader:
     """The readers behind open_input, for a stream opened elsewhere (an engine's worker reading
     from an object store): CSV, JSON Lines and lines from a binary stream, Parquet from a path or
-    a seekable file. `name` is what messages call it; every reader option is honoured.
+    a seekable file. `name` is what messages call it; every reader option is honoured. An
+    `encoding` that is not ASCII-compatible (UTF-16, UTF-32) is read as UTF-8 (detect.utf8_stream).
 
-    CSV only: `delimiter` (default: a tab for a .tsv name, else ","); `detect_types`: numbers, booleans, ISO dates and
-    timestamps get types from the first block, pyarrow's inference (else every column is text,
-    which round-trips exactly), except `text_column`;
-    `empty_null`: an empty cell is null (else "")."""
+    CSV only: `delimiter` (default: a tab for a .tsv name, else ","; `\\t` and `tab` name a tab);
+    `detect_types`: detect.typed, except `text_column` and `text_columns`; `empty_null`: an empty
+    cell is null (else ""). JSON Lines: jsonl.open_jsonl's `keep_json`, `reserved` and `reopen`."""
+    from emolabel import detect
+
     if on_error not in ("fail", "skip"):
         raise InputError(f"Unknown `on_error` {on_error!r}: use fail or skip.")
+    delimiter = detect.delimiter(delimiter)
     if delimiter is not None and (len(delimiter) != 1 or delimiter in "\"\r\n"):
         raise InputError(f"`delimiter` must be one character (not a quote or a line break), not {delimiter!r}.")
     if fmt is Format.PARQUET:
         return _open_parquet(name, source, chunk_rows)
+    if not detect.ascii_compatible(encoding):
+        source = detect.utf8_stream(source, encoding, name)
+        if reopen is not None:
+            reopen = (lambda again, enc: lambda: detect.utf8_stream(again(), enc, name))(reopen, encoding)
+        encoding = "utf-8"
     if fmt is Format.CSV:
+        keep = {*(text_columns or ()), *([text_column] if text_column else [])}
         return _open_csv(name, source, chunk_rows, encoding, on_error, delimiter or default_delimiter(name),
-                         detect_types, empty_null, text_column)
+                         detect_types, empty_null, keep, tuple(text_columns or ()))
     if fmt is Format.LINES:
         return _open_lines(name, source, chunk_rows, encoding)
-    return _open_jsonl(name, source, chunk_rows, encoding, on_error)
+    from emolabel.jsonl import open_jsonl
+
+    return open_jsonl(name, source, chunk_rows, encoding, on_error, keep_json=keep_json, text_column=text_column,
+                      reserved=reserved, reopen=reopen)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,7 +458,7 @@ def open_inputs(paths: list[str], fmt: Format | None = None, *, source_column: s
 
     out = Reader(", ".join(display_name(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else ""), first.format,
                  schema, None, batches(), skipped, total_bytes=total_bytes,
-                 bytes_read=bytes_read if total_bytes is not None else None)
+                 bytes_read=bytes_read if total_bytes is not None else None, keys=first.keys, types=first.types)
     out._closers.append(lambda: state["reader"].close())
     return out
 
@@ -583,7 +614,8 @@ def _decode_or_fail(data: bytes, encoding: str, name: str, where: str) -> str:
 
 
 def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_error: str, delimiter: str = ",",
-              detect_types: bool = False, empty_null: bool = False, text_column: str | None = None) -> Reader:
+              detect_types: bool = False, empty_null: bool = False, keep: set[str] | None = None,
+              text_columns: tuple[str, ...] = ()) -> Reader:
     # Read the header ourselves: every column is then read as a string, so values round-trip
     # exactly and a column cannot fail half-way through a file on a type change.
     header = stream.readline(HEADER_LIMIT)
@@ -608,6 +640,10 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
     except csv.Error as e:
         raise InputError(f"{name}, line 1 (the header) cannot be read as CSV column names: {e}.") from None
     _check_unique(names, name)
+    missing = [n for n in text_columns if n not in names]
+    if missing:
+        raise InputError(f"`text_columns` names {', '.join(map(repr, missing))}, which {name} does not have. "
+                         f"Available columns: {', '.join(names)}.")
 
     invalid: list[Any] = []
     skipped: list[int] = []
@@ -624,7 +660,7 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
     read_opts = pa_csv.ReadOptions(block_size=CSV_BLOCK, encoding=encoding, use_threads=False)
     parse_opts = pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=on_invalid)
     convert_opts = pa_csv.ConvertOptions(
-        column_types={n: pa.string() for n in names if not detect_types or n == text_column},
+        column_types={n: pa.string() for n in names},  # typed after reading (detect.typed), if asked
         strings_can_be_null=empty_null,
         quoted_strings_can_be_null=empty_null,
         null_values=[""] if empty_null else [],
@@ -640,10 +676,6 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
                 f"({row.text[:80]!r}). Fix the row, quote fields that contain commas, "
                 "or pass `on_error` skip to leave such rows out."
             )
-        if detect_types and "conversion error" in msg.lower():
-            return InputError(f"{name}: {msg}. With `detect_types` a column's type comes from the first rows; "
-                              "this value does not fit it. Fix the value, or leave `detect_types` out (every "
-                              "column is then read as text).")
         if "straddling" in msg:
             return InputError(f"{name} has a row longer than {CSV_BLOCK >> 20} MB; split such texts first.")
         if "UTF8" in msg or "UTF-8" in msg:
@@ -688,7 +720,17 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
 
     warned: list[bool] = []
     seen = [0]
-    out = Reader(name, Format.CSV, reader.schema, None, rechunk(batches(), chunk_rows), skipped)
+    schema, rows = reader.schema, batches()
+    if detect_types:
+        from emolabel.detect import typed
+
+        try:
+            schema, rows = typed(name, rows, schema, keep or set())
+        except BaseException:
+            reader.close()
+            raise
+    out = Reader(name, Format.CSV, schema, None, rechunk(rows, chunk_rows), skipped)
+    out.types = {f.name: str(f.type) for f in schema} if detect_types else None
     out._closers.append(reader.close)
     return out
 
@@ -776,106 +818,6 @@ def _bounded_lines(stream: IO[bytes], name: str) -> Iterator[tuple[int, bytes]]:
             raise InputError(f"{name}, line {lineno} is longer than {CSV_BLOCK >> 20} MB; split such texts first "
                              "(or is this a binary file?).")
         yield lineno, line
-
-
-def _open_jsonl(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_error: str) -> Reader:
-    skipped: list[int] = []
-    lines = _bounded_lines(stream, name)
-
-    def parse_chunk() -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        for lineno, raw in lines:
-            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8) :]
-            if not raw.strip():
-                continue  # blank lines are not rows
-            try:
-                obj = json.loads(_decode_or_fail(raw, encoding, name, f"line {lineno}"))
-                if b"\\ud" in raw.lower():  # maybe a lone surrogate: half a character, which UTF-8 cannot hold
-                    try:
-                        json.dumps(obj, ensure_ascii=False).encode("utf-8")
-                    except UnicodeEncodeError:
-                        raise InputError(
-                            f"{name}, line {lineno}: a \\uD800-\\uDFFF escape is half of a character pair (a lone "
-                            "surrogate), which text cannot hold. Fix the escape, or pass `on_error` skip to leave "
-                            "such lines out.") from None
-                if not isinstance(obj, dict):
-                    kind = type(obj).__name__
-                    raise InputError(
-                        f"{name}, line {lineno}: expected a JSON object per line, found a {kind}. "
-                        "emolabel reads JSON Lines: one {...} object on each line."
-                    )
-            except (json.JSONDecodeError, InputError) as e:
-                if on_error == "skip":
-                    skipped.append(lineno)
-                    continue
-                if isinstance(e, InputError):
-                    raise
-                raise InputError(
-                    f"{name}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}). "
-                    "Fix the line, or pass `on_error` skip to leave broken lines out."
-                ) from None
-            rows.append(obj)
-            if len(rows) >= chunk_rows:
-                break
-        return rows
-
-    first = parse_chunk()
-    keys: dict[str, None] = {}
-    for row in first:
-        keys.update(dict.fromkeys(row))
-    if not keys:
-        if not skipped:
-            raise InputError(f"{name} is empty: expected JSON Lines, one object per line.")
-        raise InputError(f"{name}: no line could be read (skipped lines {_lines(skipped)}).")
-    fields = []
-    for k in keys:
-        arr = _json_column([r.get(k) for r in first], None, name, k)
-        fields.append(pa.field(k, pa.string() if pa.types.is_null(arr.type) else arr.type))
-    schema = pa.schema(fields)
-
-    def to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
-        for r in rows:
-            extra = r.keys() - keys
-            if extra:
-                raise InputError(
-                    f"{name}: a row has field(s) {sorted(extra)} that the first {len(first)} rows "
-                    f"do not have; emolabel keeps one set of columns per file."
-                )
-        cols = [_json_column([r.get(f.name) for r in rows], f.type, name, f.name) for f in schema]
-        return pa.RecordBatch.from_arrays(cols, schema=schema)
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        rows = first
-        while rows:
-            yield to_batch(rows)
-            rows = parse_chunk()
-
-    return Reader(name, Format.JSONL, schema, None, batches(), skipped)
-
-
-def _json_column(values: list[Any], typ: pa.DataType | None, name: str, col: str) -> pa.Array:
-    if typ is not None and pa.types.is_integer(typ):
-        # pyarrow would truncate 1.5 to 1 in an integer column without a word: refuse instead
-        bad = next((v for v in values if isinstance(v, float)), None)
-        if bad is not None:
-            raise InputError(
-                f"{name}: field {col!r} holds whole numbers in the first rows and {bad!r} later; "
-                "emolabel keeps one type per column and will not round it. Write the first values "
-                "as decimals (1.0), or quote the field to read it as text."
-            )
-    try:
-        return pa.array(values, type=typ)
-    except (pa.ArrowException, TypeError, ValueError, OverflowError):
-        if typ is None or pa.types.is_string(typ):
-            # Mixed types in one field: keep every value, as its JSON text.
-            return pa.array(
-                [v if isinstance(v, str) or v is None else json.dumps(v) for v in values], pa.string()
-            )
-        raise InputError(
-            f"{name}: field {col!r} changes type part-way through the file (it was {typ} at first). "
-            "Make the field one type, or read it as text by quoting its values."
-        ) from None
 
 
 def _lines(numbers: list[int], limit: int = 10) -> str:

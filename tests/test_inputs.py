@@ -79,7 +79,7 @@ def test_detect_types_names_a_value_that_does_not_fit(tmp_path, tiny_model):
     src = tmp_path / "drift.csv"
     src.write_text("id,text\n" + "".join(f"{i},hi\n" for i in range(200_000)) + "x7,hi\n")  # past the first block
     reader = open_input(str(src), detect_types=True, text_column="text", chunk_rows=8192)
-    with pytest.raises(InputError, match=r"Row #200002.*'x7'.*leave `detect_types` out"):
+    with pytest.raises(InputError, match=r"data row 200,001: column 'id' is int64.*'x7'.*leave `detect_types` out"):
         for _ in reader:
             pass
 
