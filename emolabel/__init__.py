@@ -50,14 +50,18 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
 
 
 def label_frame(frame: Any, text_column: str = "text", model: str | None = None, min_score: float | None = None,
-                prefix: str | None = None, labeler: Labeler | None = None) -> Any:
+                prefix: str | None = None, labeler: Labeler | None = None, *, columns: list[str] | None = None,
+                probabilities: bool = True, score: bool = True, top_k: int = 0) -> Any:
     """A Polars or pandas DataFrame (or pyarrow Table) with `tag`'s label columns added: a new
     frame of the same kind, rows in order. Pass `labeler` (from load()) to reuse a loaded model;
-    `prefix` None is `tag`'s ("emotion")."""
+    `prefix` None is `tag`'s ("emotion"). `columns`, `probabilities`, `score`, `top_k`: which
+    columns come back, as `tag`'s options of those names. Texts that look non-English are
+    counted in an EmolabelWarning."""
     from emolabel.labels import DEFAULT_PREFIX
     from emolabel.frames import label_frame as run
 
-    return run(frame, labeler, text_column, DEFAULT_PREFIX if prefix is None else prefix, min_score, model=model)
+    return run(frame, labeler, text_column, DEFAULT_PREFIX if prefix is None else prefix, min_score, model=model,
+               columns=columns, probabilities=probabilities, score=score, top_k=top_k)
 
 
 __all__ = ["__version__", "label_frame", "load", "tag_file"]

@@ -123,6 +123,23 @@ class CheckpointWriter:
                 shutil.rmtree(self.dir, ignore_errors=True)
             self._unlock()
             raise appeared(target)
+        try:
+            self._check_resume(old, fp, resume)
+        except OutputError:  # refused: the lock goes with it, so this process can try again (a library caller)
+            self._unlock()
+            raise
+        if resume and old is not None:
+            self.progress = old
+        try:
+            for stray in self.dir.glob("*.tmp"):  # a part that was being written when the process died
+                stray.unlink()
+        except OSError as e:
+            raise OutputError(f"Cannot write {target}: {e.strerror or e}.") from None
+        self._save()
+
+    def _check_resume(self, old: dict[str, Any] | None, fp: dict[str, Any], resume: bool) -> None:
+        """Refuse progress left without `resume`, and a resume whose fingerprint changed."""
+        target = self.target
         if old is not None and not resume and old.get("rows", 0):
             raise OutputError(
                 f"An interrupted run left {old.get('rows', 0):,} labelled rows for {target} in {self.dir}. "
@@ -134,7 +151,7 @@ class CheckpointWriter:
             from emolabel.errors import EmolabelWarning
 
             warnings.warn(EmolabelWarning(f"Nothing to resume for {target} (no progress in {self.dir}): "
-                                          "labelling from the first row."), stacklevel=2)
+                                          "labelling from the first row."), stacklevel=3)
         if resume and old is not None:
             changed = _changes(old.get("fingerprint", {}), fp)
             if changed:
@@ -143,13 +160,6 @@ class CheckpointWriter:
                     f"Cannot resume {target}: {', '.join(changed)} changed since the interrupted run.{why} "
                     f"Run with the same input, model and options, or delete {self.dir} to start over."
                 )
-            self.progress = old
-        try:
-            for stray in self.dir.glob("*.tmp"):  # a part that was being written when the process died
-                stray.unlink()
-        except OSError as e:
-            raise OutputError(f"Cannot write {target}: {e.strerror or e}.") from None
-        self._save()
 
     @property
     def rows_done(self) -> int:

@@ -85,6 +85,13 @@ def cli() -> None:
               help="Rows whose top probability is below this get no label and EMOTION_status 'uncertain' "
                    "(see `emolabel eval` for the coverage each value gives). A multi-label model: the score each "
                    "label must reach to be in EMOTION (joined by |) [0.5].")
+@click.option("--columns", metavar="LIST", help="Write only these input columns, comma-separated, in this order "
+              "(e.g. id,text; '' for none) [all].")
+@click.option("--probabilities/--no-probabilities", default=True, show_default=True,
+              help="The EMOTION_<label> probability columns, one per label.")
+@click.option("--score/--no-score", default=True, show_default=True, help="EMOTION_score: the label's probability.")
+@click.option("--top-k", type=click.IntRange(0), default=0, metavar="N",
+              help="Add the N best labels, best first: EMOTION_top1, EMOTION_top1_score, ... EMOTION_topN_score.")
 @click.option("--limit", type=click.IntRange(1), help="Label only the first N rows (a quick try on a big file).")
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last committed chunk "
@@ -120,6 +127,10 @@ def tag(
     empty_null: bool,
     on_error: str,
     min_score: float | None,
+    columns: str | None,
+    probabilities: bool,
+    score: bool,
+    top_k: int,
     limit: int | None,
     overwrite: bool,
     resume: bool,
@@ -134,8 +145,9 @@ def tag(
     """Label every row of INPUT (a file, or - for stdin) and write it with emotion columns.
 
     Adds EMOTION (the label), EMOTION_score (its probability) and one EMOTION_<label>
-    probability per label, after the input's own columns, rows in input order. Rows with no
-    text get nulls. Formats come from the file extensions (.csv, .parquet, .jsonl/.ndjson,
+    probability per label, after the input's own columns, rows in input order (--columns,
+    --no-score, --no-probabilities and --top-k choose). Rows with no text get nulls; texts
+    that look non-English are counted in the summary. Formats come from the file extensions (.csv, .parquet, .jsonl/.ndjson,
     optionally .gz for input); stdin is sniffed (Parquet magic, a leading '{' for JSON Lines,
     else CSV) unless --input-format is given; stdout uses --output-format, else the input's
     format. CSV columns are read as text, so they round-trip exactly.
@@ -153,6 +165,7 @@ def tag(
       emolabel tag big.csv -o - --output-format csv | head
       emolabel tag reviews.csv -o out.csv --min-score 0.6     # no label where the model is unsure
       emolabel tag huge.parquet -o try.csv --limit 1000       # the first 1,000 rows only
+      emolabel tag posts.csv -o slim.csv --columns id --no-probabilities --top-k 2
       emolabel tag a.csv b.csv -o both.parquet               # in order, with EMOTION_source
       emolabel tag survey.csv -o typed.parquet --detect-types --empty-null
       emolabel tag export.csv --delimiter ';' -o out.csv; emolabel tag notes.txt -o notes.csv
@@ -173,7 +186,8 @@ def tag(
                          threads=threads, encoding=encoding, delimiter=delimiter, detect_types=detect_types,
                          text_columns=tuple(c.strip() for c in text_columns.split(",")) if text_columns else (),
                          empty_null=empty_null, on_error=on_error, min_score=min_score, limit=limit,
-                         overwrite=overwrite, resume=resume)
+                         overwrite=overwrite, resume=resume, columns=_column_list(columns),
+                         probabilities=probabilities, score=score, top_k=top_k)
     progress = _Progress(console, quiet)
     import warnings
 
@@ -224,17 +238,21 @@ def label_command(texts: tuple[str, ...], model_dir: str | None, min_score: floa
       emolabel label "Package came on Tuesday." --min-score 0.6 --json
     """
     import json
+    import warnings
 
     import pyarrow as pa
 
     import emolabel
+    from emolabel.errors import EmolabelWarning, cli_words
     from emolabel.labels import DEFAULT_PREFIX as P
 
     lines = _label_texts(texts)
     try:
         labeler = emolabel.load(model_dir, device="cpu")
-        table = emolabel.label_frame(pa.table({"text": pa.array(lines, pa.string())}), min_score=min_score,
-                                     labeler=labeler)  # the columns `tag` writes
+        with warnings.catch_warnings(record=True) as said:  # shown after the labels (e.g. texts in other languages)
+            warnings.simplefilter("always", EmolabelWarning)
+            table = emolabel.label_frame(pa.table({"text": pa.array(lines, pa.string())}), min_score=min_score,
+                                         labeler=labeler)  # the columns `tag` writes
     except EmolabelError as e:
         raise _fail(e) from None
     for row in table.to_pylist():
@@ -246,6 +264,16 @@ def label_command(texts: tuple[str, ...], model_dir: str | None, min_score: floa
             best = max(labeler.labels, key=lambda name: row[f"{P}_{name}"])  # the first of a tie, as argmax
             what = f"{row[P] or best} {row[f'{P}_score']:.2f}"  # a multi-label model: its labels, joined
             click.echo(f"{what if row[P] else f'uncertain ({what})'}\t{row['text']}")
+    for w in said:
+        click.echo(f"Warning: {cli_words(str(w.message))}", err=True)
+
+
+def _column_list(value: str | None) -> tuple[str, ...] | None:
+    """--columns LIST: comma-separated names, spaces around them dropped; '' is no input column."""
+    if value is None:
+        return None
+    names = tuple(name.strip() for name in value.split(","))
+    return () if names == ("",) else names
 
 
 def _label_texts(args: tuple[str, ...]) -> list[str]:
@@ -381,6 +409,13 @@ def _print_summary(console: Any, s: Any, output: str) -> None:
         f"{labels or 'no labels'}; {'; '.join(extra)}",
         soft_wrap=True,
     )
+    if s.non_english:
+        console.print(_non_english_line(s.non_english), soft_wrap=True)
+
+
+def _non_english_line(n: int) -> str:
+    return (f"[yellow]{n:,} {'text looks' if n == 1 else 'texts look'} non-English[/]; labels there are unreliable "
+            "(the model knows English only)")
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
 """label_frame: `tag`'s label columns added to a Polars or pandas DataFrame or a pyarrow Table in memory.
 
 The same checks (pipeline.TagOptions, check_columns, as_text) and the same columns
-(labels.label_columns) as a tag run, without a file: the frame's text column is labelled in
-chunks and a new frame of the same kind comes back.
+(selection.Selection) as a tag run, without a file: the frame's text column is labelled in
+chunks and a new frame of the same kind comes back. Texts that look non-English are counted in
+a warning (EmolabelWarning), as a tag run counts them in its summary.
 """
 
 from __future__ import annotations
@@ -14,48 +15,74 @@ import pyarrow as pa
 
 from emolabel.classifier import spec
 from emolabel.config import default_model_dir
-from emolabel.errors import InputError, OptionError
+from emolabel.errors import EmolabelWarning, InputError, OptionError
 from emolabel.inference import Labeler, text_array
 from emolabel.labels import DEFAULT_PREFIX, label_columns
+from emolabel.language import count_non_english
 from emolabel.pipeline import TagOptions, as_text, check_columns
+from emolabel.selection import Selection
 
 
 def label_frame(frame: Any, labeler: Labeler | None = None, text_column: str = "text", prefix: str = DEFAULT_PREFIX,
-                min_score: float | None = None, chunk_rows: int = 8192, model: str | None = None) -> Any:
+                min_score: float | None = None, chunk_rows: int = 8192, model: str | None = None,
+                **selection: Any) -> Any:
     """A Polars or pandas DataFrame (or a pyarrow Table) with the label columns of `tag` added
     after its own, rows in order: a new frame of the same kind (the input is not changed).
     `labeler`: a loaded model; else the `model` folder (None: the shipped model) is loaded once
-    the frame and the options are checked."""
-    TagOptions.checked(text_column=text_column, prefix=prefix, min_score=min_score, chunk_rows=chunk_rows, model=model)
+    the frame and the options are checked. `selection`: tag's `columns`, `probabilities`,
+    `score` and `top_k`."""
+    unknown = sorted(set(selection) - {"columns", "probabilities", "score", "top_k"})
+    if unknown:
+        raise TypeError(f"label_frame takes no option {', '.join(f'`{k}`' for k in unknown)}; its options: text_column, "
+                        "prefix, min_score, chunk_rows, model, labeler, columns, probabilities, score, top_k.")
+    opts = TagOptions.checked(text_column=text_column, prefix=prefix, min_score=min_score, chunk_rows=chunk_rows,
+                              model=model, **selection)
     if labeler is not None and not isinstance(labeler, Labeler):
         raise TypeError(f"`labeler` must be a Labeler (from emolabel.load()), not {type(labeler).__name__}.")
     if labeler is not None and model is not None:
         raise OptionError("Give `labeler` or `model`, not both: a labeler's model is already loaded.")
     module, names, texts = _frame_texts(frame, text_column)
     folder = Path(model) if model else default_model_dir()
-    labels = labeler.labels if labeler is not None else spec(folder).labels
+    sel = Selection.of(opts, labeler.labels if labeler is not None else spec(folder).labels)
     schema = pa.schema([pa.field(n, texts.type if n == text_column and texts is not None else pa.null())
                         for n in names])
-    check_columns(schema, "the frame", text_column, labels, prefix, min_score is not None, file=False)
+    check_columns(schema, "the frame", text_column, sel, file=False)
     assert texts is not None  # check_columns refused a missing column
     texts = as_text(texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts, "the frame", text_column)
+    _warn_non_english(count_non_english(texts), len(texts))
     labeler = labeler or Labeler(folder)
     parts = [label_columns(labeler.run(labeler.prepare(texts.slice(i, chunk_rows))), labeler.labels, prefix,
-                           min_score, labeler.multi_label) for i in range(0, len(texts), chunk_rows)] or [
-        label_columns(labeler.run(labeler.prepare(texts)), labeler.labels, prefix, min_score, labeler.multi_label)]
+                           min_score, labeler.multi_label, **sel.which()) for i in range(0, len(texts), chunk_rows)] or [
+        label_columns(labeler.run(labeler.prepare(texts)), labeler.labels, prefix, min_score, labeler.multi_label, **sel.which())]
     added = pa.table({name: pa.chunked_array([part[name] for part in parts]) for name in parts[0]})
+    return _with_columns(frame, module, sel.columns, added)
+
+
+def _with_columns(frame: Any, module: str, columns: tuple[str, ...] | None, added: pa.Table) -> Any:
+    """`frame` (only `columns`, in their order, if given) with the `added` columns after its own."""
     if module == "polars":
         import polars as pl
 
-        return frame.hstack(pl.from_arrow(added).get_columns())
+        kept = frame if columns is None else frame.select(list(columns))
+        return kept.hstack(pl.from_arrow(added).get_columns())
     if module == "pandas":
         new = added.to_pandas()
         new.index = frame.index
-        return frame.assign(**{name: new[name] for name in added.column_names})
-    out = frame
+        kept = frame if columns is None else frame[list(columns)]
+        return kept.assign(**{name: new[name] for name in added.column_names})
+    out = frame if columns is None else frame.select(list(columns))
     for name in added.column_names:
         out = out.append_column(name, added.column(name))
     return out
+
+
+def _warn_non_english(count: int, rows: int) -> None:
+    """The run summary's line about other languages, for a frame (which has no summary)."""
+    if count:
+        import warnings
+
+        warnings.warn(EmolabelWarning(f"{count:,} of {rows:,} texts look non-English; labels there are unreliable "
+                                      "(the model knows English only)."), stacklevel=4)
 
 
 def _frame_texts(frame: Any, text_column: str) -> tuple[str, list[str], pa.Array | pa.ChunkedArray | None]:

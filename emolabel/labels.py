@@ -40,34 +40,50 @@ def probabilities(logits: np.ndarray, temperature: float = 1.0, multi_label: boo
 LABELLED, UNCERTAIN, NO_TEXT = "labelled", "uncertain", "no text"
 
 
-def column_names(labels: list[str], prefix: str = DEFAULT_PREFIX, status: bool = False) -> list[str]:
-    """The columns tag adds: the label, its probability, one probability per label, and with a
-    minimum score the status (labelled / uncertain / no text)."""
-    return [prefix, f"{prefix}_score", *(f"{prefix}_{name}" for name in labels)] + ([f"{prefix}_status"] if status else [])
+def column_names(labels: list[str], prefix: str = DEFAULT_PREFIX, status: bool = False, *, score: bool = True,
+                 probabilities: bool = True, top_k: int = 0) -> list[str]:
+    """The columns tag adds, in order: the label, its probability (`score`), one probability per
+    label (`probabilities`), the `top_k` best labels with theirs ({prefix}_top1, {prefix}_top1_score,
+    ...), and with a minimum score the status (labelled / uncertain / no text)."""
+    names = [prefix] + ([f"{prefix}_score"] if score else [])
+    names += [f"{prefix}_{name}" for name in labels] if probabilities else []
+    for i in range(1, top_k + 1):
+        names += [f"{prefix}_top{i}", f"{prefix}_top{i}_score"]
+    return names + ([f"{prefix}_status"] if status else [])
 
 
 def label_columns(probs: np.ndarray, labels: list[str], prefix: str = DEFAULT_PREFIX,
-                  min_score: float | None = None, multi_label: bool = False) -> dict[str, pa.Array]:
-    """Columns for a (n, labels) probability array; rows of NaN (no text) become nulls. With
-    `min_score`, a row whose top probability is below it keeps its probabilities but gets no label
-    (null) and the status "uncertain". `multi_label`: the label is every label whose score reaches
-    `min_score` (MULTI_LABEL_THRESHOLD when None), joined by SEPARATOR, highest first; none: null."""
+                  min_score: float | None = None, multi_label: bool = False, *, score: bool = True,
+                  probabilities: bool = True, top_k: int = 0) -> dict[str, pa.Array]:
+    """Columns for a (n, labels) probability array, named as column_names() says; rows of NaN (no
+    text) become nulls. With `min_score`, a row whose top probability is below it keeps its
+    probabilities but gets no label (null) and the status "uncertain". `multi_label`: the label is
+    every label whose score reaches `min_score` (MULTI_LABEL_THRESHOLD when None), joined by
+    SEPARATOR, highest first; none: null. The top-k columns rank every row with text whatever
+    `min_score` says (ties: the first label, as the label's argmax)."""
     valid = ~np.isnan(probs[:, 0]) if len(probs) else np.zeros(0, bool)
+    filled = np.nan_to_num(probs, nan=-1.0)
     mask = ~valid
-    score = np.where(valid, np.nan_to_num(probs, nan=0.0).max(axis=1, initial=0.0), np.nan)
+    top = np.where(valid, np.nan_to_num(probs, nan=0.0).max(axis=1, initial=0.0), np.nan)
     threshold = MULTI_LABEL_THRESHOLD if multi_label and min_score is None else min_score
-    unsure = valid & (score < threshold) if threshold is not None else np.zeros(len(valid), bool)
+    unsure = valid & (top < threshold) if threshold is not None else np.zeros(len(valid), bool)
     if multi_label:
         names = np.asarray(_joined(probs, labels, threshold), dtype=object)
     else:
-        best = np.where(valid, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), 0)
-        names = np.asarray(labels, dtype=object)[best]
-    cols = {
-        prefix: pa.array(names, type=pa.string(), mask=mask | unsure),
-        f"{prefix}_score": pa.array(score.astype(np.float32), type=pa.float32(), mask=mask),
-    }
-    for i, name in enumerate(labels):
-        cols[f"{prefix}_{name}"] = pa.array(probs[:, i].astype(np.float32), type=pa.float32(), mask=mask)
+        names = np.asarray(labels, dtype=object)[np.where(valid, filled.argmax(axis=1), 0)]
+    cols = {prefix: pa.array(names, type=pa.string(), mask=mask | unsure)}
+    if score:
+        cols[f"{prefix}_score"] = pa.array(top.astype(np.float32), type=pa.float32(), mask=mask)
+    if probabilities:
+        for i, name in enumerate(labels):
+            cols[f"{prefix}_{name}"] = pa.array(probs[:, i].astype(np.float32), type=pa.float32(), mask=mask)
+    if top_k:
+        order = np.argsort(-filled, axis=1, kind="stable")[:, :top_k]  # (n, top_k): best first
+        for i in range(top_k):
+            cols[f"{prefix}_top{i + 1}"] = pa.array(np.asarray(labels, dtype=object)[order[:, i]], type=pa.string(),
+                                                    mask=mask)
+            picked = np.take_along_axis(probs, order[:, i:i + 1], axis=1)[:, 0] if len(probs) else np.zeros(0)
+            cols[f"{prefix}_top{i + 1}_score"] = pa.array(picked.astype(np.float32), type=pa.float32(), mask=mask)
     if min_score is not None:
         status = np.where(mask, NO_TEXT, np.where(unsure, UNCERTAIN, LABELLED)).astype(object)
         cols[f"{prefix}_status"] = pa.array(status, type=pa.string())
@@ -81,16 +97,16 @@ def _joined(probs: np.ndarray, labels: list[str], threshold: float) -> list[str]
 
 
 def append_columns(batch: pa.RecordBatch, probs: np.ndarray, labels: list[str], schema: pa.Schema,
-                   min_score: float | None = None, multi_label: bool = False) -> pa.RecordBatch:
-    """The input batch, unchanged, with the label columns after it (`schema`: output_schema())."""
+                   min_score: float | None = None, multi_label: bool = False, **which: bool | int) -> pa.RecordBatch:
+    """The input batch, unchanged, with the label columns after it (`schema`: output_schema() with
+    the same `which`: score, probabilities, top_k)."""
     prefix = schema.names[batch.num_columns]
-    cols = label_columns(probs, labels, prefix, min_score, multi_label)
+    cols = label_columns(probs, labels, prefix, min_score, multi_label, **which)
     return pa.RecordBatch.from_arrays([*batch.columns, *cols.values()], schema=schema)
 
 
-def output_schema(schema: pa.Schema, labels: list[str], prefix: str, status: bool = False) -> pa.Schema:
-    new = [pa.field(prefix, pa.string()), pa.field(f"{prefix}_score", pa.float32())]
-    new += [pa.field(f"{prefix}_{name}", pa.float32()) for name in labels]
-    if status:
-        new.append(pa.field(f"{prefix}_status", pa.string()))
-    return pa.schema([*schema, *new], metadata=schema.metadata)
+def output_schema(schema: pa.Schema, labels: list[str], prefix: str, status: bool = False,
+                  **which: bool | int) -> pa.Schema:
+    """`schema` with the label columns after it (`which`: score, probabilities, top_k)."""
+    empty = label_columns(np.zeros((0, len(labels)), np.float32), labels, prefix, 0.0 if status else None, **which)
+    return pa.schema([*schema, *(pa.field(name, col.type) for name, col in empty.items())], metadata=schema.metadata)

@@ -25,8 +25,10 @@ import pyarrow.compute as pc
 from emolabel.config import available_cpus
 from emolabel.errors import InputError, OutputError
 from emolabel.inference import Labeler, Prepared, release_free_memory
-from emolabel.labels import DEFAULT_PREFIX, append_columns, column_names, output_schema
+from emolabel.labels import DEFAULT_PREFIX
+from emolabel.language import count_non_english
 from emolabel.outputs import Writer  # or checkpoint.CheckpointWriter: the same write()/commit()
+from emolabel.selection import Selection
 from emolabel.tables import Reader
 
 T = TypeVar("T")
@@ -41,6 +43,7 @@ class Summary:
     empty: int = 0  # rows with no text: null label and probabilities
     truncated: int = 0  # texts longer than max_length, cut
     uncertain: int = 0  # rows whose top probability is under min_score: no label
+    non_english: int = 0  # rows whose text looks like another language (language.looks_non_english)
     seconds: float = 0.0  # from the call to the end, start-up (model load, Ray) included
     startup: float = 0.0  # of `seconds`, the part before labelling began (reading the model, ...)
     label_counts: Counter = field(default_factory=Counter)
@@ -57,31 +60,39 @@ class Summary:
         busy = self.seconds - self.startup
         return (self.rows - self.resumed) / busy if busy > 0 else 0.0
 
-    def add(self, labelled: pa.RecordBatch | pa.Table, prefix: str, truncated: int = 0) -> None:
-        """Count a labelled batch from its label columns (what was written is what is counted)."""
-        label, score = labelled.column(prefix), labelled.column(f"{prefix}_score")
+    def add(self, labelled: pa.RecordBatch | pa.Table, prefix: str, truncated: int = 0, non_english: int = 0) -> None:
+        """Count a labelled batch from its label columns (what was written is what is counted):
+        without a status column (no min_score) a null label is a row without text."""
+        from emolabel.labels import NO_TEXT
+
+        label = labelled.column(prefix)
+        status = f"{prefix}_status"
+        empty = (pc.sum(pc.equal(labelled.column(status), NO_TEXT)).as_py() or 0
+                 if status in labelled.schema.names else label.null_count)
         self.rows += labelled.num_rows
-        self.empty += score.null_count
-        self.uncertain += label.null_count - score.null_count
+        self.empty += empty
+        self.uncertain += label.null_count - empty
         self.truncated += truncated
+        self.non_english += non_english
         for item in pc.value_counts(label).to_pylist():
             if item["values"] is not None:
                 self.label_counts[item["values"]] += item["counts"]
 
     def merge(self, other: Summary) -> None:
-        for name in ("rows", "empty", "truncated", "uncertain"):
+        for name in ("rows", "empty", "truncated", "uncertain", "non_english"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.label_counts.update(other.label_counts)
 
     def stats(self) -> dict[str, Any]:
         """The counts a checkpoint keeps beside committed rows (and resume_from reads back)."""
         return {"rows": self.rows, "empty": self.empty, "truncated": self.truncated, "uncertain": self.uncertain,
-                "labels": dict(self.label_counts)}
+                "non_english": self.non_english, "labels": dict(self.label_counts)}
 
     @classmethod
     def from_stats(cls, stats: dict[str, Any]) -> Summary:
         return cls(rows=int(stats.get("rows", 0)), empty=int(stats.get("empty", 0)),
                    truncated=int(stats.get("truncated", 0)), uncertain=int(stats.get("uncertain", 0)),
+                   non_english=int(stats.get("non_english", 0)),
                    label_counts=Counter({k: int(v) for k, v in stats.get("labels", {}).items() if v}))
 
 
@@ -151,25 +162,29 @@ def _utf8(data: bytes) -> bool:
     return True
 
 
-def check_columns(schema: pa.Schema, name: str, text_column: str, labels: list[str], prefix: str,
-                  status: bool = False, added: tuple[str, ...] = (), warn: bool = True, file: bool = True) -> pa.Schema:
-    """Fail before any work if the text column is missing or a new column would clash; returns
-    the output schema. `added`: columns an engine adds besides the labels (Ray's row id)."""
+def check_columns(schema: pa.Schema, name: str, text_column: str, selection: Selection,
+                  added: tuple[str, ...] = (), warn: bool = True, file: bool = True,
+                  always: tuple[str, ...] = ()) -> pa.Schema:
+    """Fail before any work if the text column or a `columns` entry is missing or a new column
+    would clash with a kept one; returns the output schema. `added`: columns an engine adds
+    besides the labels (Ray's row id); `always`: input columns kept whatever `columns` says."""
     check_text_column(schema, name, text_column, warn, file)
-    clash = [c for c in [*column_names(labels, prefix, status), *added] if c in schema.names]
+    kept = selection.kept(schema.names, name, always)
+    clash = [c for c in [*selection.added(), *added] if c in kept]
     if clash:
         raise InputError(
             f"{name} already has column(s) {', '.join(clash)}, which tag would add. "
-            "Use `prefix` to name the new columns differently (e.g. `prefix` predicted)."
+            "Use `prefix` to name the new columns differently (e.g. `prefix` predicted), or leave "
+            "the old ones out with `columns`."
         )
-    return output_schema(schema, labels, prefix, status)
+    return selection.output_schema(schema, name, always)
 
 
 def label_chunk(labeler: Labeler, batch: pa.RecordBatch, prepared: Prepared, schema: pa.Schema,
-                min_score: float | None = None) -> pa.RecordBatch:
-    """The model on a prepared chunk: `batch` with its label columns (`schema`: check_columns').
-    The one labelling step of every engine."""
-    return append_columns(batch, labeler.run(prepared), labeler.labels, schema, min_score, labeler.multi_label)
+                selection: Selection) -> pa.RecordBatch:
+    """The model on a prepared chunk: `batch`'s kept columns with the label columns (`schema`:
+    check_columns'). The one labelling step of every engine."""
+    return selection.label(batch, labeler.run(prepared), schema)
 
 
 def tag(
@@ -177,17 +192,17 @@ def tag(
     writer: Writer,
     labeler: Labeler,
     text_column: str,
-    prefix: str,
+    selection: Selection,
     schema: pa.Schema,
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
     resume_from: dict[str, Any] | None = None,
-    min_score: float | None = None,
     limit: int | None = None,
 ) -> Summary:
     """Label every row of `reader` into `writer` (not committed here); returns counts.
 
-    `schema`: the output schema from check_columns (tag_file checked the columns before any work).
+    `schema`: the output schema from check_columns (tag_file checked the columns before any work),
+    of the columns `selection` writes.
     `resume_from`: the counts of rows an interrupted run already committed (a CheckpointWriter's
     stats); that many input rows are skipped, a whole chunk at a time.
     """
@@ -218,16 +233,19 @@ def tag(
                                   "delete the .emolabel-resume folder and start over.")
             yield batch
 
-    def prepared() -> Iterator[tuple[pa.RecordBatch, Prepared]]:
-        # Several chunks are normalized and tokenized at once (pyarrow and the Rust tokenizer
-        # release the GIL); results are taken in input order.
+    def prepare(texts: pa.Array) -> tuple[Prepared, int]:
+        return labeler.prepare(texts), count_non_english(texts)
+
+    def prepared() -> Iterator[tuple[pa.RecordBatch, tuple[Prepared, int]]]:
+        # Several chunks are normalized, tokenized and checked for their language at once (pyarrow
+        # and the Rust tokenizer release the GIL); results are taken in input order.
         with ThreadPoolExecutor(workers, thread_name_prefix="emolabel-prepare") as pool:
             pending: deque = deque()
             row = skip
             for batch in unread():
                 texts = as_text(batch.column(text_column), reader.name, text_column, row)
                 row += batch.num_rows
-                pending.append((batch, pool.submit(labeler.prepare, texts)))
+                pending.append((batch, pool.submit(prepare, texts)))
                 if len(pending) > workers:
                     b, job = pending.popleft()
                     yield b, job.result()
@@ -236,10 +254,10 @@ def tag(
                 yield b, job.result()
 
     with _BackgroundWriter(writer) as out:
-        for batch, prep in _background(prepared(), depth=2):
-            labelled = label_chunk(labeler, batch, prep, schema, min_score)
+        for batch, (prep, foreign) in _background(prepared(), depth=2):
+            labelled = label_chunk(labeler, batch, prep, schema, selection)
             release_free_memory()  # memory stays flat over millions of rows
-            summary.add(labelled, prefix, prep.truncated)
+            summary.add(labelled, selection.prefix, prep.truncated, foreign)
             out.submit(labelled, summary.stats())
             if progress is not None:
                 progress(batch.num_rows)
@@ -408,6 +426,11 @@ class TagOptions:
     empty_null: bool = False  # CSV input: an empty cell is null (else "")
     min_score: float | None = None  # rows whose top probability is lower get no label, status "uncertain";
     # a multi-label model: the score a label must reach (labels.MULTI_LABEL_THRESHOLD when None)
+    # What is written (selection.Selection reads these): the defaults write what tag always wrote
+    columns: tuple[str, ...] | None = None  # input columns written, in this order; None: all of them
+    probabilities: bool = True  # {prefix}_<label>: one probability per label
+    score: bool = True  # {prefix}_score: the chosen label's probability
+    top_k: int = 0  # {prefix}_top1 .. _topK with their _score: the K best labels, best first; 0: none
     limit: int | None = None  # label only the first N rows (a quick try on a big file)
     overwrite: bool = False  # replace an existing output file
     resume: bool = False  # continue an interrupted run from its committed chunks
@@ -464,6 +487,8 @@ class TagOptions:
             raise OptionError("`prefix` cannot be empty: the new columns would be named '', '_score', ...")
         if self.min_score is not None and not 0 <= self.min_score <= 1:
             raise OptionError(f"`min_score` must be between 0 and 1, not {self.min_score}.")
+        if self.top_k < 0:
+            raise OptionError(f"`top_k` must be 0 (none) or more, not {self.top_k}.")
         for name in ("chunk_rows", "batch_size", "max_tokens", "threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise OptionError(f"`{name}` must be at least 1, not {getattr(self, name)}.")
@@ -494,6 +519,11 @@ class TagOptions:
             allowed = (hint,) if typing.get_origin(hint) is tuple else typing.get_args(hint) or (hint,)
             if value is None and type(None) in allowed:
                 continue
+            if name == "columns":
+                if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                    got = f"{type(value).__name__} {value!r}"
+                    raise TypeError(f"`columns` must be a list of column names (e.g. ['id', 'text']) or None, not {got}.")
+                continue
             base = next(t for t in allowed if t is not type(None))
             if typing.get_origin(base) is tuple:  # a tuple of names
                 if not (isinstance(value, tuple) and all(isinstance(v, str) for v in value)):
@@ -523,9 +553,12 @@ class TagOptions:
                     text_columns=self.text_columns, keep_json=keep_json, reserved=reserved)
 
     def output_options(self) -> dict[str, Any]:
-        """The fields that change the output: what --resume must find unchanged (as JSON reads them back)."""
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-                for f in dataclasses.fields(self) if f.name not in self.NOT_OUTPUT}
+        """The fields that change the output: what --resume must find unchanged (as JSON keeps
+        them: a tuple of columns is a list)."""
+        def plain(value: Any) -> Any:
+            return list(value) if isinstance(value, tuple) else value
+
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in self.NOT_OUTPUT}
 
 
 def as_paths(input: Any, output: Any) -> tuple[list[str], str]:
@@ -590,8 +623,9 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
     opts = opts.resolve(dev.type)
     source = f"{opts.prefix}_source" if len(inputs) > 1 else None
     folder = Path(opts.model) if opts.model else default_model_dir()
-    labels = spec(folder).labels  # emolabel's own folder or a transformers classifier
-    added = (*column_names(labels, opts.prefix, opts.min_score is not None), *([source] if source else []))
+    model = spec(folder)  # emolabel's own folder or a transformers classifier
+    selection = Selection.of(opts, model.labels, model.multi_label)
+    added = (*selection.added(), *([source] if source else []))
     keep_json = out_fmt in (None, tables.Format.JSONL)  # JSON Lines to JSON Lines: objects kept as read
     reader = tables.open_inputs(inputs, in_fmt, source_column=source, chunk_rows=opts.chunk_rows,
                                 **opts.read_options(keep_json, added))
@@ -603,9 +637,13 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
                 raise OptionError("Refusing to write Parquet to a terminal; give another `output_format`.")
         opts.check_input(reader.format)
         check_text_column(reader.schema, reader.name, opts.text_column)  # before the model loads: fail fast
-        schema = check_columns(reader.schema, reader.name, opts.text_column, labels, opts.prefix,
-                               status=opts.min_score is not None, warn=False)
+        schema = check_columns(reader.schema, reader.name, opts.text_column, selection, warn=False,
+                               always=(source,) if source else ())
         outputs.check_writable(schema, out_fmt, output)
+        if out_fmt is tables.Format.CSV and len(schema) == 1:
+            raise OptionError(f"A CSV of the {schema.names[0]!r} column alone would write each row without text as a "
+                              "blank line, which CSV readers skip; keep an input column (`columns`), or write "
+                              "Parquet or JSON Lines.")
         labeler = Labeler(folder, device=opts.device, precision=opts.precision, batch_size=opts.batch_size,
                           max_tokens=opts.max_tokens, max_length=opts.max_length, threads=opts.threads)
         done = None
@@ -631,8 +669,8 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
                 progress.advance(rows, _safe(by_bytes) if by_bytes else None)
 
         startup = time.perf_counter() - started
-        summary = tag(reader, writer, labeler, opts.text_column, opts.prefix, schema, advance, resume_from=done,
-                      min_score=opts.min_score, limit=opts.limit)
+        summary = tag(reader, writer, labeler, opts.text_column, selection, schema, advance, resume_from=done,
+                      limit=opts.limit)
         writer.commit()
         writer = None
         summary.output, summary.startup = output, startup

@@ -58,6 +58,7 @@ CRASH_ENV = "EMOLABEL_RAY_CRASH_ONCE"  # tests only: names a marker file; the fi
 SUCCESS = "_SUCCESS"
 SOURCE_COLUMN = "__emolabel_source"  # internal: each row's file, for error messages; dropped by the actors
 CUT_COLUMN = "__emolabel_cut"  # internal: True where a text was truncated; counted and dropped by the writer
+FOREIGN_COLUMN = "__emolabel_foreign"  # internal: True where a text looks non-English; counted and dropped too
 CHUNK_ROWS = 4096  # rows per actor call unless `chunk_rows` says: small enough for actors to share a file
 MAX_RESTARTS = 4  # a dying actor restarts (its batch retried) this often; a crash that repeats ends the job
 
@@ -119,6 +120,10 @@ class RayEngine:
         labels = list(spec(model).labels)  # a bad model folder fails here, before Ray starts
         read = self._read_options(opts, labels)
         first = tables.schema_of(paths[0], fmt, opts.chunk_rows or CHUNK_ROWS, **read)  # all match it
+        if first is not None:  # `columns` and `top_k` checked before Ray starts too (each read task checks its file)
+            from emolabel.selection import Selection
+
+            Selection.of(opts, labels).kept(first.names, paths[0], (self.id_column,) if self.id_column else ())
         outputs.check_output_folder(output, opts.overwrite, paths)
         schemes = {p.split("://", 1)[0] if tables.is_uri(p) else "" for p in paths}
         if len(schemes) > 1:
@@ -143,10 +148,10 @@ class RayEngine:
     def _read_options(self, opts: TagOptions, labels: list[str]) -> dict[str, Any]:
         """The local engine's reader options: JSON Lines kept as read when JSON Lines are written
         (typed from each file's first lines otherwise: a worker reads its file once)."""
-        from emolabel.labels import column_names
+        from emolabel.selection import Selection
 
         row_id = () if self.id_column else (f"{opts.prefix}_row_id",)
-        added = (*column_names(labels, opts.prefix, opts.min_score is not None), *row_id, SOURCE_COLUMN)
+        added = (*Selection.of(opts, labels).added(), *row_id, SOURCE_COLUMN)
         return opts.read_options(keep_json=opts.output_format == tables.Format.JSONL.value, reserved=added)
 
     def _job(self, ray: Any, paths: list[str], fmt: tables.Format, output: str, opts: TagOptions,
@@ -192,7 +197,8 @@ class RayEngine:
                     LabelerActor, compute=compute, batch_format="pyarrow", batch_size=chunk,
                     num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker or None,
                     fn_constructor_kwargs=dict(model_dir=str(model), options=opts, threads=threads,
-                                               crash_marker=os.environ.get(CRASH_ENV) or None),
+                                               crash_marker=os.environ.get(CRASH_ENV) or None,
+                                               key=self.id_column or f"{opts.prefix}_row_id"),
                     udf_modifying_row_count=False, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
             sink = adapter.parts_sink(write_to, out_fmt.value, functools.partial(_write_part, out_fmt),
                                       functools.partial(_count_part, opts.prefix))
@@ -257,13 +263,14 @@ def _read_file(f: Any, path: str, *, scheme: str, fmt: tables.Format, opts: TagO
     import pyarrow.compute as pc
 
     from emolabel.pipeline import check_columns
+    from emolabel.selection import Selection
 
     name = scheme + path
     stream = f if fmt is tables.Format.PARQUET else io.BufferedReader(f, 1 << 20)
     reader = tables.open_stream(name, stream, fmt, chunk_rows=chunk, **read)
     row_id = None if id_column else f"{opts.prefix}_row_id"
-    check_columns(reader.schema, name, opts.text_column, labels, opts.prefix, opts.min_score is not None,
-                  added=(row_id, SOURCE_COLUMN) if row_id else (SOURCE_COLUMN,))
+    check_columns(reader.schema, name, opts.text_column, Selection.of(opts, labels),
+                  added=(row_id, SOURCE_COLUMN) if row_id else (SOURCE_COLUMN,), always=(id_column,) if id_column else ())
     if first[1] is not None:  # then the same columns and types as the first file (the local engine's rule)
         tables.check_same_columns(name, reader.schema, first[0], first[1])
     names = reader.keys if reader.keys is not None else reader.schema.names  # JSON Lines kept as read: its keys
@@ -287,17 +294,21 @@ def _read_file(f: Any, path: str, *, scheme: str, fmt: tables.Format, opts: TagO
 class LabelerActor:
     """One model per Ray actor: pyarrow tables in, the same tables with label columns out."""
 
-    def __init__(self, model_dir: str, options: TagOptions, threads: int = 1, crash_marker: str | None = None):
+    def __init__(self, model_dir: str, options: TagOptions, threads: int = 1, crash_marker: str | None = None,
+                 key: str | None = None):
         # Before the tokenizer's thread pool starts: one actor uses only its own CPUs
         # (oversubscribed threads were measured 10x slower).
         os.environ["RAYON_NUM_THREADS"] = str(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         from emolabel.inference import Labeler
+        from emolabel.selection import Selection
 
         o = options
         self.labeler = Labeler(model_dir, device=o.device, precision=o.precision, batch_size=o.batch_size,
                                max_tokens=o.max_tokens, max_length=o.max_length, threads=threads)
         self.options, self.crash_marker = o, crash_marker
+        self.selection = Selection.of(o, self.labeler.labels, self.labeler.multi_label)
+        self.key = (key,) if key else ()  # the join key (the row id or `id_column`): written whatever `columns` says
 
     def _maybe_crash(self) -> None:
         """Fault injection (tests only): die once, the first time any actor gets here."""
@@ -314,7 +325,7 @@ class LabelerActor:
         import numpy as np
 
         from emolabel.inference import release_free_memory
-        from emolabel.labels import output_schema
+        from emolabel.language import looks_non_english
         from emolabel.pipeline import as_text, label_chunk
 
         self._maybe_crash()
@@ -323,16 +334,19 @@ class LabelerActor:
         files = sorted({str(v) for chunk in src.chunks for v in chunk.dictionary.to_pylist()})
         table = table.drop_columns([SOURCE_COLUMN])
         try:
-            schema = output_schema(table.schema, self.labeler.labels, o.prefix, o.min_score is not None)
+            schema = self.selection.output_schema(table.schema, ", ".join(files) or "input", self.key)
             if table.num_rows == 0:
-                return schema.append(pa.field(CUT_COLUMN, pa.bool_())).empty_table()
+                return pa.schema([*schema, pa.field(CUT_COLUMN, pa.bool_()), pa.field(FOREIGN_COLUMN, pa.bool_())],
+                                 metadata=schema.metadata).empty_table()
             batch = table.combine_chunks().to_batches()[0]
-            prepared = self.labeler.prepare(as_text(batch.column(o.text_column), ", ".join(files), o.text_column, None))
-            labelled = label_chunk(self.labeler, batch, prepared, schema, o.min_score)
+            texts = as_text(batch.column(o.text_column), ", ".join(files), o.text_column, None)
+            prepared = self.labeler.prepare(texts)
+            labelled = label_chunk(self.labeler, batch, prepared, schema, self.selection)
             release_free_memory()  # as the local engine: an actor's memory stays flat
             cut = np.zeros(batch.num_rows, bool)
             cut[prepared.cut] = True
-            return pa.Table.from_batches([labelled]).append_column(CUT_COLUMN, pa.array(cut))
+            return (pa.Table.from_batches([labelled]).append_column(CUT_COLUMN, pa.array(cut))
+                    .append_column(FOREIGN_COLUMN, pa.array(looks_non_english(texts))))
         except EmolabelError as e:
             raise type(e)(f"{', '.join(files) or 'input'}: {e}") from None
         except Exception as e:  # noqa: BLE001 - named by the file it came from, then raised on the driver
@@ -344,13 +358,14 @@ class LabelerActor:
 
 
 def _count_part(prefix: str, table: pa.Table) -> tuple[pa.Table, dict]:
-    """A part's counts (Summary.add, as the local engine counts), and the part without CUT_COLUMN."""
+    """A part's counts (Summary.add, as the local engine counts), and the part without the
+    internal columns."""
     import pyarrow.compute as pc
 
     summary = Summary()
-    cut = table.column(CUT_COLUMN)
-    table = table.drop_columns([CUT_COLUMN])
-    summary.add(table, prefix, int(pc.sum(cut).as_py() or 0))
+    cut, foreign = table.column(CUT_COLUMN), table.column(FOREIGN_COLUMN)
+    table = table.drop_columns([CUT_COLUMN, FOREIGN_COLUMN])
+    summary.add(table, prefix, int(pc.sum(cut).as_py() or 0), int(pc.sum(foreign).as_py() or 0))
     return table, summary.stats()
 
 

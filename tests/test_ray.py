@@ -448,3 +448,30 @@ def test_files_of_other_types_are_refused_as_the_local_engine_does(tiny_model, t
     with pytest.raises(InputError, match=r"b.jsonl has columns .*v \(double\).*files labelled together need the same"):
         run_job([str(tmp_path / "*.jsonl")], str(tmp_path / "out"), model=str(tiny_model), chunk_rows=16, device="cpu")
     assert not (tmp_path / "out").exists()
+
+
+def test_column_selection_and_language_count_as_the_local_engine(tiny_model, tmp_path):
+    """--columns, --no-probabilities, --no-score and --top-k: Ray writes what the local engine
+    writes (with its join key), and counts the same texts as non-English."""
+    from emolabel import tag_file
+
+    n = 150
+    col = texts(n, 3)
+    col[7], col[90] = "ärgerlich", "Estoy muy feliz hoy"
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": [f"r{i:03d}" for i in range(n)], "text": col, "n": pa.array(range(n))}), src)
+    opts = dict(model=str(tiny_model), columns=["id"], probabilities=False, score=False, top_k=2, device="cpu",
+                precision="fp32", chunk_rows=64)
+    local = tag_file(str(src), str(tmp_path / "local.parquet"), **opts)
+    summary = run_job([str(src)], str(tmp_path / "out"), id_column="id", workers=2, **opts)
+    want = pq.read_table(tmp_path / "local.parquet")
+    got = pq.read_table(tmp_path / "out").sort_by("id")
+    assert got.column_names == want.column_names == ["id", "emotion", "emotion_top1", "emotion_top1_score",
+                                                     "emotion_top2", "emotion_top2_score"]
+    for name in got.column_names:
+        if name.endswith("_score"):
+            np.testing.assert_allclose(np.array(got.column(name).to_pylist(), float),
+                                       np.array(want.column(name).to_pylist(), float), atol=1e-5)
+        else:
+            assert got.column(name).to_pylist() == want.column(name).to_pylist()
+    assert summary.non_english == local.non_english == 2 and summary.empty == local.empty
