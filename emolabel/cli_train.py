@@ -88,6 +88,8 @@ T = TrainConfig  # finetune's option defaults are the dataclass's: one source of
 @click.option("--checkpoint-every", type=click.FloatRange(0), default=10.0, show_default=True, metavar="MINUTES",
               help="Checkpoint the whole training state this often (0: every step), and after every epoch.")
 @click.option("--log", "log_path", type=click.Path(), help="Training log, JSON Lines [OUTPUT/train_log.jsonl].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model folder, --log or --save-teacher-logits "
+              "file (never an input).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: str | None, text_column: str,
              label_column: str, labels: str | None, input_format: str | None, objective: str, epochs: int,
@@ -97,7 +99,7 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
              distill_temperature: float, pooling: str, head_hidden: str, dropout: float,
              activation: str, max_length: int, normalization: str, save_dtype: str, device: str,
              train_precision: str, resume: bool, checkpoint_every: float, log_path: str | None,
-             quiet: bool) -> None:
+             overwrite: bool, quiet: bool) -> None:
     """Fine-tune an encoder and emolabel's head on the TRAIN tables; keep the best epoch on --validation.
 
     Every table needs a text and a label column (ids or names). A TRAIN table may carry a
@@ -106,7 +108,9 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
     --validation tables, each epoch reports each table, and the best epoch and the softmax
     temperature are chosen on all of them (--objective). Writes a self-contained model folder
     (emolabel.json, model.safetensors, tokenizer.json, training.json with every table's path,
-    SHA-256, rows and weight) and a JSON Lines training log.
+    SHA-256, rows and weight) and a JSON Lines training log. Every file is written whole or not
+    at all; an existing model folder or file is replaced only with --overwrite (or, with --resume,
+    when it is the interrupted run's own), an input never.
 
     \b
     Examples:
@@ -127,31 +131,40 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
         hidden = [int(h) for h in head_hidden.split(",") if h.strip()]
     except ValueError:
         raise click.BadParameter("comma-separated integers, e.g. 512,256", param_hint="--head") from None
+    from emolabel.data import as_sources
+    from emolabel.safe_write import AtomicFile
+    from emolabel.train import check_outputs
     from emolabel.train_resume import CHECKPOINT, checkpoint_dir
 
     out = Path(output)
     saved_state = checkpoint_dir(out) / CHECKPOINT
-    if out.exists() and any(out.iterdir()) and not (resume and saved_state.exists()):
-        raise click.ClickException(f"{output} exists and is not empty; choose a new folder for the model"
-                                   + ("" if resume else " (or --resume an interrupted run)") + ".")
     if teachers and teacher_logits:
         raise click.UsageError("give --teacher or --teacher-logits, not both")
     if save_teacher_logits and not teachers:
         raise click.UsageError("--save-teacher-logits needs --teacher")
+    try:
+        check_outputs(as_sources(list(train)) + as_sources(list(valid)), out, base=base, teachers=list(teachers),
+                      teacher_logits=teacher_logits, save_teacher_logits=save_teacher_logits, log=log_path,
+                      overwrite=overwrite, resume=resume)
+    except EmolabelError as e:
+        raise to_click(e) from None
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, layer_decay=layer_decay,
                       weight_decay=weight_decay, warmup=warmup, label_smoothing=label_smoothing,
                       patience=patience, seed=seed, freeze_encoder=freeze_encoder, distill_alpha=distill_alpha,
                       distill_temperature=distill_temperature, precision=train_precision)
     options = {"pooling": pooling, "head_hidden": hidden, "dropout": dropout, "activation": activation,
                "max_length": max_length, "normalization": normalization}
-    created = not out.exists()
+    # The log is written beside its target and renamed into place once the model is saved (the
+    # default one into the new model folder); a resumed run's log goes on from the interrupted one's.
     log_file = Path(log_path) if log_path else out / "train_log.jsonl"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    log = log_file.open("a" if resume and saved_state.exists() else "w")
+    try:
+        log = AtomicFile(log_file, append=resume and saved_state.exists(),
+                         folder=None if log_path else out.absolute().parent)
+    except EmolabelError as e:
+        raise to_click(e) from None
 
     def on_event(event: dict[str, Any]) -> None:
         log.write(json.dumps(event) + "\n")
-        log.flush()
         kind = event["event"]
         if kind == "start":
             console.print(f"training on {event['train_rows']:,} rows, validating on {event['valid_rows']:,}; "
@@ -181,7 +194,6 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
                           f"temperature {event['temperature']:.2f}")
         progress.event(event)
 
-    import shutil
     import signal
 
     from emolabel.train import finetune as run
@@ -202,7 +214,7 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
                        train_config=cfg, device=device, save_dtype=save_dtype, on_event=on_event,
                        teachers=list(teachers) or None, teacher_logits=teacher_logits,
                        save_teacher_logits=save_teacher_logits, objective=objective, resume=resume,
-                       checkpoint_minutes=checkpoint_every,
+                       checkpoint_minutes=checkpoint_every, overwrite=overwrite,
                        command="emolabel finetune " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "")
         saved = True
     except EmolabelError as e:
@@ -217,9 +229,10 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        log.close()
-        if not saved and created and log_path is None:  # nothing saved: leave no folder to block a rerun
-            shutil.rmtree(out, ignore_errors=True)
+        if saved:
+            log.commit()
+        else:  # nothing saved: no log either (the messages were on stderr)
+            log.abort()
     if info.get("stopped"):  # saved, but the run did not end on its own: say so to scripts too
         sys.exit(128 + (got[0] if got else signal.SIGINT))
 
@@ -239,12 +252,16 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
 @click.option("--device", default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1))
+@click.option("--overwrite", is_flag=True, help="Replace an existing --predictions file or --report folder "
+              "(never an input).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | None, predictions: str | None,
                  text_column: str, label_column: str, input_format: str | None, styles: bool, device: str,
-                 precision: str, batch_size: int | None, quiet: bool) -> None:
+                 precision: str, batch_size: int | None, overwrite: bool, quiet: bool) -> None:
     """Score a model on one or more labelled TABLEs: accuracy, macro-F1, per-class numbers, ECE, and
     accuracy against coverage for --min-score. With several tables, one row each and their mean.
+    Rows with no text are scored as wrong and counted. Outputs are written whole or not at all;
+    an existing one is replaced only with --overwrite, an input never.
 
     \b
     Examples:
@@ -258,6 +275,7 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
     from emolabel.config import ModelConfig, default_model_dir
     from emolabel.data import Source, load_sources
     from emolabel.evaluate import (
+        check_outputs,
         evaluate_tables,
         plotting_available,
         rows_to_score,
@@ -277,6 +295,7 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
     try:
         with signals_raise():  # SIGINT and SIGTERM end it as they end tag: a message, 128 + the signal
             folder = Path(model_dir) if model_dir else default_model_dir()
+            check_outputs(list(tests), folder, predictions, report, overwrite)
             labels = ModelConfig.load(folder).labels  # the label set, without loading the model
             fix = ("The model knows these labels only: map the others to them (or drop those rows), or evaluate "
                    "a model trained with them.")
@@ -294,7 +313,7 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
                 result, probs = evaluate_tables(labeler, data, styles=styles, on_table=scored,
                                                 on_rows=progress.advance)
             if predictions:
-                write_predictions(predictions, data, probs, labeler.labels)
+                write_predictions(predictions, data, probs, labeler.labels, overwrite=overwrite)
                 wrote.append(predictions)
             _print_eval(console, folder.name, result, labeler.labels, styles)
             if report:
