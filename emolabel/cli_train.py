@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +210,7 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     saved = False
     try:
-        with progress:
+        with progress, _show_warnings(console):
             info = run(list(train), list(valid), out, base=base, text_column=text_column, label_column=label_column,
                        labels=_labels_option(labels), input_format=input_format, model_options=options,
                        train_config=cfg, device=device, save_dtype=save_dtype, on_event=on_event,
@@ -235,6 +237,24 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
             log.abort()
     if info.get("stopped"):  # saved, but the run did not end on its own: say so to scripts too
         sys.exit(128 + (got[0] if got else signal.SIGINT))
+
+
+@contextlib.contextmanager
+def _show_warnings(console: Any) -> Iterator[None]:
+    """The library's EmolabelWarnings as one yellow line each on stderr, in the CLI's words."""
+    import warnings
+
+    from rich.markup import escape
+
+    from emolabel.errors import EmolabelWarning, cli_words
+
+    def show(message: Any, *args: Any, **kwargs: Any) -> None:  # a label may hold [brackets]: not markup
+        console.print(f"[yellow]Warning[/]: {escape(cli_words(str(message)))}", soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", EmolabelWarning)
+        warnings.showwarning = show
+        yield
 
 
 @click.command("eval")

@@ -27,7 +27,7 @@ import torch
 from emolabel import batching
 from emolabel import model as model_lib
 from emolabel.config import OBJECTIVES, TRAIN_PRECISIONS, ModelConfig, TrainConfig
-from emolabel.data import Source, SourceData, as_sources, epoch_rows, load_sources
+from emolabel.data import GIVEN_LABELS_FIX, LABELS_FIX, Source, SourceData, as_sources, epoch_rows, load_sources
 from emolabel.errors import EmolabelError, InputError, ModelError, OptionError
 from emolabel.evaluate import classification_metrics
 from emolabel.inference import TextEncoder, resolve_device
@@ -95,8 +95,9 @@ def finetune(
                   resume=resume)
 
     # 1. Data: read and check every table before any model loads.
-    train_src, labels = load_sources(as_sources(train), input_format, text_column, label_column, labels)
-    valid_src, _ = load_sources(as_sources(validation), input_format, text_column, label_column, labels)
+    fix = GIVEN_LABELS_FIX if labels else LABELS_FIX
+    train_src, labels = load_sources(as_sources(train), input_format, text_column, label_column, labels, fix)
+    valid_src, _ = load_sources(as_sources(validation), input_format, text_column, label_column, labels, fix)
     train_texts = [t for s in train_src for t in s.data.texts]
     present = sorted({int(i) for s in train_src for i in np.unique(s.data.labels)})
     if len(present) < 2:
@@ -157,7 +158,6 @@ def finetune(
     return info
 
 
-# -- 2, 3. the student, and tokenizing -------------------------------------------------------------
 def check_outputs(inputs: list[Source], out_dir: str | Path, *, base: str | None = None,
                   teachers: list[str] | None = None, teacher_logits: str | None = None,
                   save_teacher_logits: str | None = None, log: str | Path | None = None, overwrite: bool = False,
@@ -180,6 +180,7 @@ def check_outputs(inputs: list[Source], out_dir: str | Path, *, base: str | None
         check_file_target(log, paths, overwrite or own, what="log")
 
 
+# -- 2, 3. the student, and tokenizing -------------------------------------------------------------
 
 
 def resolve_base(base: str | None) -> str:
