@@ -319,7 +319,8 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
             labels = ModelConfig.load(folder).labels  # the label set, without loading the model
             fix = ("The model knows these labels only: map the others to them (or drop those rows), or evaluate "
                    "a model trained with them.")
-            data, _ = load_sources([Source(t) for t in tests], input_format, text_column, label_column, labels, fix)
+            data, _ = load_sources([Source(t) for t in tests], input_format, text_column, label_column, labels, fix,
+                                   keep_empty=True)
             err.print(f"loading {folder}")
             from emolabel.inference import Labeler
 
@@ -373,8 +374,7 @@ def _print_eval(console: Any, model_name: str, result: dict[str, Any], names: li
         for name, row in zip(names, m["confusion_matrix"]):
             cm.add_row(name, *[str(v) for v in row])
         console.print(cm)
-        console.print(f"accuracy {m['accuracy']:.2%}   macro-F1 {m['macro_f1']:.4f}   ECE {m['ece']:.4f}"
-                      + (f"   rows without text {m['rows_without_text']}" if m["rows_without_text"] else ""))
+        console.print(f"accuracy {m['accuracy']:.2%}   macro-F1 {m['macro_f1']:.4f}   ECE {m['ece']:.4f}")
     else:
         t = Table(title=f"{model_name} on {len(result['tables'])} tables")
         for col in ("table", "rows", "accuracy", "macro-F1", *(f"F1 {n[:8]}" for n in names), "ECE"):
@@ -386,6 +386,11 @@ def _print_eval(console: Any, model_name: str, result: dict[str, Any], names: li
         t.add_row("mean", "", f"{mean['accuracy']:.2%}", f"{mean['macro_f1']:.4f}", *([""] * len(names)),
                   f"{mean['ece']:.4f}", style="bold")
         console.print(t)
+    for m in result["tables"]:
+        if m["rows_without_text"]:
+            n = m["rows_without_text"]
+            console.print(f"{Path(m['path']).name}: {n:,} row{'' if n == 1 else 's'} of {m['rows']:,} "
+                          f"{'has' if n == 1 else 'have'} no text, counted as wrong")
     sel = Table(title="--min-score: share of rows labelled (coverage) and their accuracy")
     sel.add_column("table")
     for s in result["tables"][0]["selective"]:

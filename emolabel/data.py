@@ -22,11 +22,11 @@ from emolabel.tables import Format, file_sha256, open_input
 
 @dataclass
 class LabelledData:
-    """One table's texts and label ids (rows without text left out and counted)."""
+    """One table's texts and label ids (rows without text left out and counted, or kept for eval)."""
 
-    texts: list[str]
+    texts: list[str | None]
     labels: np.ndarray  # (n,) int64 label ids
-    dropped: int  # rows without text
+    dropped: int  # rows without text (left out, or with `keep_empty` kept in place)
 
 
 def read_table(path: str, fmt: str | None, encoding: str = "utf-8") -> pa.Table:
@@ -88,8 +88,10 @@ def warn_unusual_labels(name: str, labels: list[str]) -> None:
 
 
 def labelled_data(table: pa.Table, name: str, text_column: str, label_column: str, labels: list[str] | None,
-                  fix: str = LABELS_FIX) -> tuple[LabelledData, list[str]]:
-    """Texts and label ids of a table; every problem is reported before training starts."""
+                  fix: str = LABELS_FIX, keep_empty: bool = False) -> tuple[LabelledData, list[str]]:
+    """Texts and label ids of a table; every problem is reported before training starts. Rows
+    without text are left out (training learns nothing from them), or with `keep_empty` kept in
+    place (eval counts them, as wrong)."""
     for col, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
         if col not in table.column_names:
             raise InputError(
@@ -129,10 +131,11 @@ def labelled_data(table: pa.Table, name: str, text_column: str, label_column: st
         ids = [index[v] for v in raw_labels]  # type: ignore[index]
     texts = table.column(text_column).cast(pa.string()).to_pylist()
     keep = [i for i, t in enumerate(texts) if t is not None and t.strip()]
-    data = LabelledData([texts[i] for i in keep], np.asarray(ids, dtype=np.int64)[keep], len(texts) - len(keep))
-    if not data.texts:
+    if not keep:
         raise InputError(f"{name}: every row's text is empty.")
-    return data, labels
+    if keep_empty:
+        return LabelledData(texts, np.asarray(ids, dtype=np.int64), len(texts) - len(keep)), labels
+    return LabelledData([texts[i] for i in keep], np.asarray(ids, dtype=np.int64)[keep], len(texts) - len(keep)), labels
 
 
 @dataclass(frozen=True)
@@ -187,12 +190,14 @@ class SourceData:
 
 
 def load_sources(sources: list[Source], fmt: str | None, text_column: str, label_column: str,
-                 labels: list[str] | None, fix: str = LABELS_FIX) -> tuple[list[SourceData], list[str]]:
+                 labels: list[str] | None, fix: str = LABELS_FIX,
+                 keep_empty: bool = False) -> tuple[list[SourceData], list[str]]:
     """Read and check every table (all before any model loads); the first fixes the label set
-    unless `labels` is given."""
+    unless `labels` is given. `keep_empty`: see labelled_data."""
     out = []
     for src in sources:
-        data, labels = labelled_data(read_table(src.path, fmt), src.path, text_column, label_column, labels, fix)
+        data, labels = labelled_data(read_table(src.path, fmt), src.path, text_column, label_column, labels, fix,
+                                     keep_empty)
         out.append(SourceData(src, data, file_sha256(src.path)))
     return out, labels  # type: ignore[return-value]
 

@@ -126,7 +126,7 @@ def evaluate_tables(labeler: Any, tables: list[Any], styles: bool = False, on_ta
         if styles:
             entry["styles"] = {}
             for name, fn in STYLES.items():
-                sm = evaluate_probs(score([fn(t) for t in src.data.texts], f"{src.source.path} ({name})"),
+                sm = evaluate_probs(score([fn(t) if t else t for t in src.data.texts], f"{src.source.path} ({name})"),
                                     src.data.labels, labeler.labels)
                 entry["styles"][name] = {k: sm[k] for k in ("accuracy", "macro_f1", "ece")}
         report["tables"].append(entry)
