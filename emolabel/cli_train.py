@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,8 @@ T = TrainConfig  # finetune's option defaults are the dataclass's: one source of
 @click.option("--checkpoint-every", type=click.FloatRange(0), default=10.0, show_default=True, metavar="MINUTES",
               help="Checkpoint the whole training state this often (0: every step), and after every epoch.")
 @click.option("--log", "log_path", type=click.Path(), help="Training log, JSON Lines [OUTPUT/train_log.jsonl].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model folder, --log or --save-teacher-logits "
+              "file (never an input).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: str | None, text_column: str,
              label_column: str, labels: str | None, input_format: str | None, objective: str, epochs: int,
@@ -97,7 +101,7 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
              distill_temperature: float, pooling: str, head_hidden: str, dropout: float,
              activation: str, max_length: int, normalization: str, save_dtype: str, device: str,
              train_precision: str, resume: bool, checkpoint_every: float, log_path: str | None,
-             quiet: bool) -> None:
+             overwrite: bool, quiet: bool) -> None:
     """Fine-tune an encoder and emolabel's head on the TRAIN tables; keep the best epoch on --validation.
 
     Every table needs a text and a label column (ids or names). A TRAIN table may carry a
@@ -106,7 +110,9 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
     --validation tables, each epoch reports each table, and the best epoch and the softmax
     temperature are chosen on all of them (--objective). Writes a self-contained model folder
     (emolabel.json, model.safetensors, tokenizer.json, training.json with every table's path,
-    SHA-256, rows and weight) and a JSON Lines training log.
+    SHA-256, rows and weight) and a JSON Lines training log. Every file is written whole or not
+    at all; an existing model folder or file is replaced only with --overwrite (or, with --resume,
+    when it is the interrupted run's own), an input never.
 
     \b
     Examples:
@@ -127,31 +133,40 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
         hidden = [int(h) for h in head_hidden.split(",") if h.strip()]
     except ValueError:
         raise click.BadParameter("comma-separated integers, e.g. 512,256", param_hint="--head") from None
+    from emolabel.data import as_sources
+    from emolabel.safe_write import AtomicFile
+    from emolabel.train import check_outputs
     from emolabel.train_resume import CHECKPOINT, checkpoint_dir
 
     out = Path(output)
     saved_state = checkpoint_dir(out) / CHECKPOINT
-    if out.exists() and any(out.iterdir()) and not (resume and saved_state.exists()):
-        raise click.ClickException(f"{output} exists and is not empty; choose a new folder for the model"
-                                   + ("" if resume else " (or --resume an interrupted run)") + ".")
     if teachers and teacher_logits:
         raise click.UsageError("give --teacher or --teacher-logits, not both")
     if save_teacher_logits and not teachers:
         raise click.UsageError("--save-teacher-logits needs --teacher")
+    try:
+        check_outputs(as_sources(list(train)) + as_sources(list(valid)), out, base=base, teachers=list(teachers),
+                      teacher_logits=teacher_logits, save_teacher_logits=save_teacher_logits, log=log_path,
+                      overwrite=overwrite, resume=resume)
+    except EmolabelError as e:
+        raise to_click(e) from None
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, layer_decay=layer_decay,
                       weight_decay=weight_decay, warmup=warmup, label_smoothing=label_smoothing,
                       patience=patience, seed=seed, freeze_encoder=freeze_encoder, distill_alpha=distill_alpha,
                       distill_temperature=distill_temperature, precision=train_precision)
     options = {"pooling": pooling, "head_hidden": hidden, "dropout": dropout, "activation": activation,
                "max_length": max_length, "normalization": normalization}
-    created = not out.exists()
+    # The log is written beside its target and renamed into place once the model is saved (the
+    # default one into the new model folder); a resumed run's log goes on from the interrupted one's.
     log_file = Path(log_path) if log_path else out / "train_log.jsonl"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    log = log_file.open("a" if resume and saved_state.exists() else "w")
+    try:
+        log = AtomicFile(log_file, append=resume and saved_state.exists(),
+                         folder=None if log_path else out.absolute().parent)
+    except EmolabelError as e:
+        raise to_click(e) from None
 
     def on_event(event: dict[str, Any]) -> None:
         log.write(json.dumps(event) + "\n")
-        log.flush()
         kind = event["event"]
         if kind == "start":
             console.print(f"training on {event['train_rows']:,} rows, validating on {event['valid_rows']:,}; "
@@ -181,7 +196,6 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
                           f"temperature {event['temperature']:.2f}")
         progress.event(event)
 
-    import shutil
     import signal
 
     from emolabel.train import finetune as run
@@ -196,13 +210,13 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     saved = False
     try:
-        with progress:
+        with progress, _show_warnings(console):
             info = run(list(train), list(valid), out, base=base, text_column=text_column, label_column=label_column,
                        labels=_labels_option(labels), input_format=input_format, model_options=options,
                        train_config=cfg, device=device, save_dtype=save_dtype, on_event=on_event,
                        teachers=list(teachers) or None, teacher_logits=teacher_logits,
                        save_teacher_logits=save_teacher_logits, objective=objective, resume=resume,
-                       checkpoint_minutes=checkpoint_every,
+                       checkpoint_minutes=checkpoint_every, overwrite=overwrite,
                        command="emolabel finetune " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "")
         saved = True
     except EmolabelError as e:
@@ -217,11 +231,30 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        log.close()
-        if not saved and created and log_path is None:  # nothing saved: leave no folder to block a rerun
-            shutil.rmtree(out, ignore_errors=True)
+        if saved:
+            log.commit()
+        else:  # nothing saved: no log either (the messages were on stderr)
+            log.abort()
     if info.get("stopped"):  # saved, but the run did not end on its own: say so to scripts too
         sys.exit(128 + (got[0] if got else signal.SIGINT))
+
+
+@contextlib.contextmanager
+def _show_warnings(console: Any) -> Iterator[None]:
+    """The library's EmolabelWarnings as one yellow line each on stderr, in the CLI's words."""
+    import warnings
+
+    from rich.markup import escape
+
+    from emolabel.errors import EmolabelWarning, cli_words
+
+    def show(message: Any, *args: Any, **kwargs: Any) -> None:  # a label may hold [brackets]: not markup
+        console.print(f"[yellow]Warning[/]: {escape(cli_words(str(message)))}", soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", EmolabelWarning)
+        warnings.showwarning = show
+        yield
 
 
 @click.command("eval")
@@ -239,12 +272,16 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
 @click.option("--device", default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1))
+@click.option("--overwrite", is_flag=True, help="Replace an existing --predictions file or --report folder "
+              "(never an input).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | None, predictions: str | None,
                  text_column: str, label_column: str, input_format: str | None, styles: bool, device: str,
-                 precision: str, batch_size: int | None, quiet: bool) -> None:
+                 precision: str, batch_size: int | None, overwrite: bool, quiet: bool) -> None:
     """Score a model on one or more labelled TABLEs: accuracy, macro-F1, per-class numbers, ECE, and
     accuracy against coverage for --min-score. With several tables, one row each and their mean.
+    Rows with no text are scored as wrong and counted. Outputs are written whole or not at all;
+    an existing one is replaced only with --overwrite, an input never.
 
     \b
     Examples:
@@ -258,6 +295,7 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
     from emolabel.config import default_model_dir
     from emolabel.data import Source, load_sources
     from emolabel.evaluate import (
+        check_outputs,
         eval_labels,
         evaluate_tables,
         plotting_available,
@@ -278,11 +316,12 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
     try:
         with signals_raise():  # SIGINT and SIGTERM end it as they end tag: a message, 128 + the signal
             folder = Path(model_dir) if model_dir else default_model_dir()
+            check_outputs(list(tests), folder, predictions, report, overwrite)
             labels = eval_labels(folder)  # the label set, without loading the model
             fix = ("The model knows these labels only: map the others to them (or drop those rows), or evaluate "
                    "a model trained with them.")
             data, _ = load_sources([Source(t) for t in tests], input_format, text_column, label_column, labels, fix,
-                                   fold_case=True)
+                                   fold_case=True, keep_empty=True)
             err.print(f"loading {folder}")
             from emolabel.inference import Labeler
 
@@ -296,7 +335,7 @@ def eval_command(tests: tuple[str, ...], model_dir: str | None, report: str | No
                 result, probs = evaluate_tables(labeler, data, styles=styles, on_table=scored,
                                                 on_rows=progress.advance)
             if predictions:
-                write_predictions(predictions, data, probs, labeler.labels)
+                write_predictions(predictions, data, probs, labeler.labels, overwrite=overwrite)
                 wrote.append(predictions)
             _print_eval(console, folder.name, result, labeler.labels, styles)
             if report:
@@ -336,8 +375,7 @@ def _print_eval(console: Any, model_name: str, result: dict[str, Any], names: li
         for name, row in zip(names, m["confusion_matrix"]):
             cm.add_row(name, *[str(v) for v in row])
         console.print(cm)
-        console.print(f"accuracy {m['accuracy']:.2%}   macro-F1 {m['macro_f1']:.4f}   ECE {m['ece']:.4f}"
-                      + (f"   rows without text {m['rows_without_text']}" if m["rows_without_text"] else ""))
+        console.print(f"accuracy {m['accuracy']:.2%}   macro-F1 {m['macro_f1']:.4f}   ECE {m['ece']:.4f}")
     else:
         t = Table(title=f"{model_name} on {len(result['tables'])} tables")
         for col in ("table", "rows", "accuracy", "macro-F1", *(f"F1 {n[:8]}" for n in names), "ECE"):
@@ -349,6 +387,11 @@ def _print_eval(console: Any, model_name: str, result: dict[str, Any], names: li
         t.add_row("mean", "", f"{mean['accuracy']:.2%}", f"{mean['macro_f1']:.4f}", *([""] * len(names)),
                   f"{mean['ece']:.4f}", style="bold")
         console.print(t)
+    for m in result["tables"]:
+        if m["rows_without_text"]:
+            n = m["rows_without_text"]
+            console.print(f"{Path(m['path']).name}: {n:,} row{'' if n == 1 else 's'} of {m['rows']:,} "
+                          f"{'has' if n == 1 else 'have'} no text, counted as wrong")
     sel = Table(title="--min-score: share of rows labelled (coverage) and their accuracy")
     sel.add_column("table")
     for s in result["tables"][0]["selective"]:

@@ -22,11 +22,11 @@ from emolabel.tables import Format, file_sha256, open_input
 
 @dataclass
 class LabelledData:
-    """One table's texts and label ids (rows without text left out and counted)."""
+    """One table's texts and label ids (rows without text left out and counted, or kept for eval)."""
 
-    texts: list[str]
+    texts: list[str | None]
     labels: np.ndarray  # (n,) int64 label ids
-    dropped: int  # rows without text
+    dropped: int  # rows without text (left out, or with `keep_empty` kept in place)
 
 
 def read_table(path: str, fmt: str | None, encoding: str = "utf-8") -> pa.Table:
@@ -51,12 +51,48 @@ def infer_labels(values: list[str]) -> list[str]:
 
 
 LABELS_FIX = "Pass `labels` to give the full label set."  # finetune's; eval's labels are the model's
+GIVEN_LABELS_FIX = "Add it to `labels`, or map or drop those rows."  # finetune's, when `labels` was given
+
+# Words people write for the six emotions: a did-you-mean for a label that is none of them.
+SYNONYMS = {"happiness": "joy", "happy": "joy", "joyful": "joy", "sad": "sadness", "angry": "anger",
+            "afraid": "fear", "scared": "fear", "fearful": "fear", "surprised": "surprise", "loving": "love"}
+
+
+def did_you_mean(label: str) -> str | None:
+    """The one of the six emotions a label probably stands for (a synonym or a near spelling)."""
+    import difflib
+
+    key = label.strip().lower()
+    if key in EMOTIONS or key in SYNONYMS:
+        return key if key in EMOTIONS else SYNONYMS[key]
+    close = difflib.get_close_matches(key, EMOTIONS, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def warn_unusual_labels(name: str, labels: list[str]) -> None:
+    """A label set inferred from data that mixes the six emotions with other names is most often a
+    typo ("happiness" for joy): it would silently train one more class, in alphabetical order."""
+    odd = [v for v in labels if v not in EMOTIONS]
+    if not odd or len(odd) == len(labels):  # all six's names, or a label set of the user's own
+        return
+    import warnings
+
+    from emolabel.errors import EmolabelWarning
+
+    hints = [f"{v!r} -> {m!r}?" for v in odd if (m := did_you_mean(v))]
+    warnings.warn(EmolabelWarning(
+        f"{name}: label(s) {', '.join(map(repr, odd))} are not among the usual six "
+        f"({', '.join(EMOTIONS)}), so the model gets {len(labels)} labels, in this order: {', '.join(labels)}."
+        + (f" Did you mean {' '.join(hints)}" if hints else "")
+        + " Map such rows to the six, or pass `labels` to name the label set and its order."), stacklevel=2)
 
 
 def labelled_data(table: pa.Table, name: str, text_column: str, label_column: str, labels: list[str] | None,
-                  fix: str = LABELS_FIX, fold_case: bool = False) -> tuple[LabelledData, list[str]]:
+                  fix: str = LABELS_FIX, fold_case: bool = False, keep_empty: bool = False) -> tuple[LabelledData, list[str]]:
     """Texts and label ids of a table; every problem is reported before training starts. `fold_case`
-    (eval): a label name matches whatever its case ("Joy" is joy), unless two labels differ only by it."""
+    (eval): a label name matches whatever its case ("Joy" is joy), unless two labels differ only by it.
+    Rows without text are left out (training learns nothing from them), or with `keep_empty` kept in
+    place (eval counts them, as wrong)."""
     for col, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
         if col not in table.column_names:
             raise InputError(
@@ -69,9 +105,10 @@ def labelled_data(table: pa.Table, name: str, text_column: str, label_column: st
     missing = [i for i, v in enumerate(raw_labels) if not v]
     if missing:
         raise InputError(f"{name}: row {missing[0] + 1} has no label in column {label_column!r} "
-                         f"({len(missing)} such rows). Every training row needs a label.")
+                         f"({len(missing)} such row{'' if len(missing) == 1 else 's'}). Every row needs a label.")
     if labels is None:
         labels = infer_labels(raw_labels)  # type: ignore[arg-type]
+        warn_unusual_labels(name, labels)
         if len(labels) < 2:
             raise InputError(f"{name} has only one label ({labels[0]!r}); a classifier needs at least two. "
                              "Pass `labels` to name the full label set.")
@@ -94,14 +131,19 @@ def labelled_data(table: pa.Table, name: str, text_column: str, label_column: st
         unknown = [(r, v) for r, v in enumerate(raw_labels) if find(v) is None]  # type: ignore[arg-type]
         if unknown:
             r, v = unknown[0]
-            raise InputError(f"{name}: row {r + 1} has label {v!r}, which is not one of {', '.join(labels)}. {fix}")
+            others = sorted({u for _, u in unknown} - {v})
+            more = f" (and {', '.join(map(repr, others[:5]))}{', ...' if len(others) > 5 else ''})" if others else ""
+            hint = f" Did you mean {m!r}?" if (m := did_you_mean(v)) in index else ""  # type: ignore[arg-type]
+            raise InputError(f"{name}: row {r + 1} has label {v!r}{more}, which is not one of {', '.join(labels)}."
+                             f"{hint} {fix}")
         ids = [find(v) for v in raw_labels]  # type: ignore[arg-type]
     texts = table.column(text_column).cast(pa.string()).to_pylist()
     keep = [i for i, t in enumerate(texts) if t is not None and t.strip()]
-    data = LabelledData([texts[i] for i in keep], np.asarray(ids, dtype=np.int64)[keep], len(texts) - len(keep))
-    if not data.texts:
+    if not keep:
         raise InputError(f"{name}: every row's text is empty.")
-    return data, labels
+    if keep_empty:
+        return LabelledData(texts, np.asarray(ids, dtype=np.int64), len(texts) - len(keep)), labels
+    return LabelledData([texts[i] for i in keep], np.asarray(ids, dtype=np.int64)[keep], len(texts) - len(keep)), labels
 
 
 @dataclass(frozen=True)
@@ -156,14 +198,14 @@ class SourceData:
 
 
 def load_sources(sources: list[Source], fmt: str | None, text_column: str, label_column: str,
-                 labels: list[str] | None, fix: str = LABELS_FIX, fold_case: bool = False
-                 ) -> tuple[list[SourceData], list[str]]:
+                 labels: list[str] | None, fix: str = LABELS_FIX, fold_case: bool = False,
+                 keep_empty: bool = False) -> tuple[list[SourceData], list[str]]:
     """Read and check every table (all before any model loads); the first fixes the label set
-    unless `labels` is given."""
+    unless `labels` is given. `keep_empty`: see labelled_data."""
     out = []
     for src in sources:
         data, labels = labelled_data(read_table(src.path, fmt), src.path, text_column, label_column, labels, fix,
-                                     fold_case)
+                                     fold_case, keep_empty)
         out.append(SourceData(src, data, file_sha256(src.path)))
     return out, labels  # type: ignore[return-value]
 

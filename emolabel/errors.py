@@ -25,6 +25,10 @@ class OptionError(EmolabelError):
     """Options that cannot go together, or do not fit the input (the CLI exits 2 for these)."""
 
 
+class OutputIsInputError(OptionError, OutputError):
+    """An output path that is (or holds) one of the run's inputs: refused even with overwrite (exit 2)."""
+
+
 def cli_words(text: str) -> str:
     """Options named `field` in the library's words, as the CLI's --field."""
     import re

@@ -140,7 +140,7 @@ def evaluate_tables(labeler: Any, tables: list[Any], styles: bool = False, on_ta
         if styles:
             entry["styles"] = {}
             for name, fn in STYLES.items():
-                sm = evaluate_probs(score([fn(t) for t in src.data.texts], f"{src.source.path} ({name})"),
+                sm = evaluate_probs(score([fn(t) if t else t for t in src.data.texts], f"{src.source.path} ({name})"),
                                     src.data.labels, labeler.labels)
                 entry["styles"][name] = {k: sm[k] for k in ("accuracy", "macro_f1", "ece")}
         report["tables"].append(entry)
@@ -169,9 +169,31 @@ def predict_proba(labeler: Any, texts: list[str], on_rows: Callable[[int], None]
     return labeler.run(labeler.prepare(pa.array(texts, type=pa.string())), on_rows, PROGRESS_BATCHES)
 
 
-def write_predictions(path: str, tables: list[Any], probs: list[np.ndarray], labels: list[str]) -> None:
-    """Every scored row to `path` (.csv, .parquet, .jsonl, written atomically): its table, text,
-    gold and predicted label, score, and whether it is wrong (no text counts as wrong, as above)."""
+def check_outputs(tables: list[str], model_dir: str | Path, predictions: str | None, report: str | None,
+                  overwrite: bool) -> None:
+    """Refuse, before any work, a --predictions file or --report folder that is an input (a table,
+    or for the folder the model too), exists without `overwrite`, or has no format: safe_write's rules."""
+    from emolabel import outputs
+    from emolabel import tables as tb
+    from emolabel.errors import OutputError
+    from emolabel.safe_write import check_folder_target
+
+    if predictions:
+        fmt = tb.format_from_suffix(predictions)
+        if fmt is None or fmt not in tb.WRITABLE:
+            raise OutputError(f"Cannot tell the format of `predictions` {predictions}; use a .csv, .parquet or "
+                              ".jsonl name.")
+        for path in tables:
+            outputs.check_output(predictions, path, overwrite)
+    if report:
+        check_folder_target(report, [*tables, str(model_dir)], overwrite, what="report")
+
+
+def write_predictions(path: str, tables: list[Any], probs: list[np.ndarray], labels: list[str],
+                      overwrite: bool = True) -> None:
+    """Every row to `path` (.csv, .parquet, .jsonl, written atomically), in table order: its table,
+    text, gold and predicted label, score, and whether it is wrong (no text counts as wrong, as
+    above). Without `overwrite`, a file that appeared at `path` meanwhile is not replaced."""
     import pyarrow as pa
 
     from emolabel import tables as tb
@@ -190,10 +212,11 @@ def write_predictions(path: str, tables: list[Any], probs: list[np.ndarray], lab
             "table": pa.array([src.source.path] * len(p), pa.string()),
             "text": pa.array(src.data.texts, pa.string()),
             "gold": gold, "predicted": cols["emotion"], "score": cols["emotion_score"],
-            "wrong": pa.array(np.asarray(cols["emotion"].to_pylist(), dtype=object) != gold.to_numpy(zero_copy_only=False)),
+            "wrong": pa.array(np.asarray(cols["emotion"].to_pylist(), dtype=object) != gold.to_numpy(zero_copy_only=False),
+                              pa.bool_()),
         }))
     table = pa.concat_tables(parts)
-    writer = Writer(path, fmt, table.schema)
+    writer = Writer(path, fmt, table.schema, overwrite=overwrite)
     try:
         for batch in table.to_batches(65536):
             writer.write(batch)
@@ -213,8 +236,17 @@ def plotting_available() -> bool:
 
 def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
     """metrics.json, a confusion matrix picture per table, and calibration.png: a reliability
-    diagram and the coverage/accuracy curve of --min-score, one line per table."""
-    folder.mkdir(parents=True, exist_ok=True)
+    diagram and the coverage/accuracy curve of --min-score, one line per table. Built in a
+    temporary sibling folder that replaces `folder` whole at the end (safe_write.atomic_folder)."""
+    from emolabel.safe_write import atomic_folder
+
+    with atomic_folder(folder) as tmp:
+        names = _draw_report(report, tmp)
+    return [folder / name for name in names]
+
+
+def _draw_report(report: dict[str, Any], folder: Path) -> list[str]:
+    """write_report's files, into `folder`; their names."""
     js = folder / "metrics.json"
     js.write_text(json.dumps(report, indent=2) + "\n")
     import matplotlib
@@ -262,4 +294,4 @@ def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
     fig.savefig(png, dpi=120)
     plt.close(fig)
     written.append(png)
-    return written
+    return [p.name for p in written]

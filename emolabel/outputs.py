@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from emolabel.errors import OutputError
+from emolabel.errors import OutputError, OutputIsInputError
+from emolabel.safe_write import check_file_target
 from emolabel.tables import STDIO, WRITABLE, Format, _short, default_delimiter, display_name, is_uri
 
 
@@ -71,10 +72,7 @@ def check_output(target: str, source: str, overwrite: bool) -> None:
         raise OutputError(f"Cannot write {target}: folder {p.parent} does not exist. Create it first.")
     if p.is_dir():
         raise OutputError(f"Cannot write {target}: it is a folder. Give a file name.")
-    if source != STDIO and p.exists() and Path(source).exists() and os.path.samefile(source, p):
-        raise OutputError(f"{target} is also the input: write the output to another file.")
-    if p.exists() and not overwrite:
-        raise OutputError(f"{target} already exists. Pass `overwrite` to replace it.")
+    check_file_target(target, [] if source == STDIO else [source], overwrite)  # the rules every write follows
     if not os.access(p.parent, os.W_OK):
         raise OutputError(f"Cannot write {target}: folder {p.parent} is not writable.")
 
@@ -292,7 +290,7 @@ def check_output_folder(output_dir: str, overwrite: bool, inputs: list[str]) -> 
             continue
         src = path.rstrip("/") if is_uri(path) else str(Path(path).resolve())
         if src == out or src.startswith(out + "/"):
-            raise OutputError(f"{output_dir} holds the input {path}; replacing it would delete the input. "
+            raise OutputIsInputError(f"{output_dir} holds the input {path}; replacing it would delete the input. "
                               "Write to another folder.")
     if is_uri(output_dir):
         return  # the rest is checked with the object store's filesystem in _prepare_uri_output

@@ -27,10 +27,11 @@ import torch
 from emolabel import batching
 from emolabel import model as model_lib
 from emolabel.config import OBJECTIVES, TRAIN_PRECISIONS, ModelConfig, TrainConfig
-from emolabel.data import Source, SourceData, as_sources, epoch_rows, load_sources
+from emolabel.data import GIVEN_LABELS_FIX, LABELS_FIX, Source, SourceData, as_sources, epoch_rows, load_sources
 from emolabel.errors import EmolabelError, InputError, ModelError, OptionError
 from emolabel.evaluate import classification_metrics
 from emolabel.inference import TextEncoder, resolve_device
+from emolabel.safe_write import atomic_folder, atomic_path, check_file_target, check_folder_target
 from emolabel.train_resume import Checkpoints, Progress, fingerprint, numpy_state
 
 DEFAULT_BASE_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -64,6 +65,7 @@ def finetune(
     objective: str = "mean-macro-f1",
     resume: bool = False,
     checkpoint_minutes: float | None = 10.0,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train on the `train` sources (paths, `PATH@WEIGHT` or Source), choose the best epoch on the
     `validation` tables by `objective`, save the model to `out_dir`. Returns what training.json holds.
@@ -75,6 +77,10 @@ def finetune(
     The whole training state is checkpointed beside `out_dir` every `checkpoint_minutes` (0: every
     step; None: never) and after every epoch; `resume=True` goes on from the last checkpoint of the
     same run (train_resume.py says what must not change) and ends with the same weights.
+
+    The model folder is built beside `out_dir` and renamed into place at the end (safe_write): an
+    existing, non-empty `out_dir` is replaced only with `overwrite` (or, with `resume`, when it is
+    the interrupted run's own), and never when it holds an input.
     """
     cfg = train_config or TrainConfig()
     emit = on_event or (lambda event: None)
@@ -84,10 +90,14 @@ def finetune(
         raise EmolabelError(f"Unknown objective {objective!r}: use {', '.join(OBJECTIVES)}.")
     if teachers and teacher_logits:
         raise EmolabelError("Give teachers or saved teacher logits, not both.")
+    check_outputs(as_sources(train) + as_sources(validation), out_dir, base=base, teachers=teachers,
+                  teacher_logits=teacher_logits, save_teacher_logits=save_teacher_logits, overwrite=overwrite,
+                  resume=resume)
 
     # 1. Data: read and check every table before any model loads.
-    train_src, labels = load_sources(as_sources(train), input_format, text_column, label_column, labels)
-    valid_src, _ = load_sources(as_sources(validation), input_format, text_column, label_column, labels)
+    fix = GIVEN_LABELS_FIX if labels else LABELS_FIX
+    train_src, labels = load_sources(as_sources(train), input_format, text_column, label_column, labels, fix)
+    valid_src, _ = load_sources(as_sources(validation), input_format, text_column, label_column, labels, fix)
     train_texts = [t for s in train_src for t in s.data.texts]
     present = sorted({int(i) for s in train_src for i in np.unique(s.data.labels)})
     if len(present) < 2:
@@ -132,12 +142,13 @@ def finetune(
     emit({"event": "calibrate", "rows": sum(len(t) for t in valid_tokens)})
     student.config.temperature = calibrate(student.model, valid_src, valid_tokens, dev)
 
-    # 7. Save the model (refusing broken weights) and the record of how it was made.
-    save_student(student, out_dir, save_dtype)
+    # 7. Save the model (refusing broken weights) and the record of how it was made, whole or not at all.
     info = training_record(student, train_src, valid_src, fitted, cfg=cfg, objective=objective, command=command,
                            dev=dev, save_dtype=save_dtype, teacher_names=teacher_names,
                            teacher_logits=teacher_logits, seconds=time.time() - t_start)
-    (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    with atomic_folder(out_dir) as folder:
+        save_student(student, folder, save_dtype)
+        (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     if not fitted.stopped:  # an interrupted run keeps its checkpoint for --resume
         checkpoints.remove()
     best = fitted.best
@@ -145,6 +156,28 @@ def finetune(
           "valid_macro_f1": best["macro_f1"], "objective": best["objective"],
           "temperature": student.config.temperature, "out": str(out_dir)})
     return info
+
+
+def check_outputs(inputs: list[Source], out_dir: str | Path, *, base: str | None = None,
+                  teachers: list[str] | None = None, teacher_logits: str | None = None,
+                  save_teacher_logits: str | None = None, log: str | Path | None = None, overwrite: bool = False,
+                  resume: bool = False) -> None:
+    """Refuse, before any work, what finetune would write over an input or over an existing file or
+    folder unasked (safe_write's rules). The model folder and `log` of an interrupted run are its
+    own: `resume` goes on with them when its checkpoint exists."""
+    from emolabel.train_resume import CHECKPOINT, checkpoint_dir
+
+    paths = [s.path for s in inputs] + list(teachers or []) + [p for p in (teacher_logits, base) if p]
+    paths = [p for p in paths if Path(p).exists()]  # a hub id is no local input
+    own = resume and (checkpoint_dir(out_dir) / CHECKPOINT).exists()
+    check_folder_target(out_dir, paths, overwrite or own, what="model")
+    if save_teacher_logits:
+        check_file_target(save_teacher_logits, paths, overwrite, what="teacher logits")
+        if Path(out_dir).resolve() in Path(save_teacher_logits).resolve().parents:
+            raise OptionError(f"`save_teacher_logits` {save_teacher_logits} is inside the model folder {out_dir}, "
+                              "which is replaced whole when the model is saved. Write it elsewhere.")
+    if log is not None:
+        check_file_target(log, paths, overwrite or own, what="log")
 
 
 # -- 2, 3. the student, and tokenizing -------------------------------------------------------------
@@ -352,9 +385,10 @@ def save_logits(path: str | Path, logits: np.ndarray, texts: list[str], labels: 
     """Teacher logits over the training texts, to distil more students later without the teachers."""
     from safetensors.numpy import save_file
 
-    save_file({"logits": np.ascontiguousarray(logits, np.float32)}, str(path),
-              metadata={"emolabel": "teacher-logits", "texts_sha256": texts_sha256(texts),
-                        "labels": json.dumps(labels), "teachers": json.dumps(teachers), "rows": str(len(texts))})
+    with atomic_path(path) as tmp:
+        save_file({"logits": np.ascontiguousarray(logits, np.float32)}, str(tmp),
+                  metadata={"emolabel": "teacher-logits", "texts_sha256": texts_sha256(texts),
+                            "labels": json.dumps(labels), "teachers": json.dumps(teachers), "rows": str(len(texts))})
 
 
 def load_logits(path: str | Path, texts: list[str], labels: list[str]) -> tuple[np.ndarray, list[str]]:

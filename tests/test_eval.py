@@ -59,7 +59,7 @@ def test_eval_command_prints_and_writes_a_report(tmp_path, tiny_model):
     assert "accuracy" in r.stdout and "confusion matrix" in r.stdout and "mixed" in r.stdout
     metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     (table,) = metrics["tables"]
-    assert table["rows"] == 3 and len(table["confusion_matrix"]) == 6
+    assert table["rows"] == 4 and table["rows_without_text"] == 1 and len(table["confusion_matrix"]) == 6
     assert set(table["styles"]) == set(STYLES)
     assert list(table["per_class"]) == ["sadness", "joy", "love", "anger", "fear", "surprise"]
     assert table["per_class"]["joy"]["support"] == 1 and len(table["sha256"]) == 64
@@ -88,6 +88,33 @@ def test_eval_over_several_tables_reports_each_and_the_mean(tmp_path, tiny_model
     assert [p["gold"] for p in pred] == ["joy", "sadness", "love", "anger", "fear"]
     assert all(p["wrong"] == (p["gold"] != p["predicted"]) for p in pred)
     assert sum(not p["wrong"] for p in pred[:3]) == round(a["accuracy"] * 3)
+
+
+def test_eval_counts_rows_without_text_as_wrong_and_keeps_them_in_the_predictions(tmp_path, tiny_model):
+    """A 60-row table is reported as 60 rows, its empty row counted as wrong and named on a line of
+    its own; the predictions file has all 60 rows, in order."""
+    import pyarrow.csv as pa_csv
+
+    texts = [f"i feel happy {i}" for i in range(60)]
+    texts[17] = ""
+    (tmp_path / "t.csv").write_text("text,label\n" + "".join(f"{t},joy\n" for t in texts))
+    r = invoke("eval", str(tmp_path / "t.csv"), "--model", str(tiny_model), "--report", str(tmp_path / "rep"),
+               "--predictions", str(tmp_path / "pred.csv"))
+    assert r.exit_code == 0, r.stderr
+    assert "(60 rows)" in r.stdout and "t.csv: 1 row of 60 has no text, counted as wrong" in r.stdout
+    (table,) = json.loads((tmp_path / "rep" / "metrics.json").read_text())["tables"]
+    assert table["rows"] == 60 and table["rows_without_text"] == 1 and sum(table["support"]) == 60
+    pred = pa_csv.read_csv(tmp_path / "pred.csv", convert_options=pa_csv.ConvertOptions(
+        strings_can_be_null=False)).to_pylist()
+    assert [p["text"] for p in pred] == texts
+    assert pred[17]["wrong"] is True and pred[17]["predicted"] == ""
+    assert table["accuracy"] == pytest.approx(sum(not p["wrong"] for p in pred) / 60)
+
+
+def test_a_missing_label_is_counted_in_the_singular(tmp_path, tiny_model):
+    (tmp_path / "t.csv").write_text("text,label\ni feel happy,joy\ni am sad,\n")
+    r = invoke("eval", str(tmp_path / "t.csv"), "--model", str(tiny_model))
+    assert r.exit_code == 1 and "row 2 has no label in column 'label' (1 such row)." in r.stderr
 
 
 def test_eval_checks_the_data_before_loading_the_model(tmp_path, tiny_model, monkeypatch):

@@ -160,8 +160,9 @@ def test_freeze_encoder_trains_only_the_head(tmp_path, tiny_base, data):
     ([], ("text", "label"), "has no rows"),
     ([("hello", "joy")], ("body", "label"), "Column 'text' not found"),
     ([("hello", "bliss")], ("text", "label"), "has only one label ('bliss')"),
-    ([("hello", "bliss"), ("bye", "joy")], ("text", "label"), "valid.csv: row 2 has label 'sadness', which is not one of bliss, joy."),
-    ([("hello", "9")], ("text", "label"), "valid.csv: row 1 has label 'joy', which is not one of 0, 1, 2"),
+    ([("hello", "bliss"), ("bye", "joy")], ("text", "label"),
+     "valid.csv: row 2 has label 'sadness' (and 'anger', 'fear', 'love', 'surprise'), which is not one of bliss, joy."),
+    ([("hello", "9")], ("text", "label"), "valid.csv: row 1 has label 'joy' (and 'anger', 'fear', 'love', 'sadness', 'surprise'), which is not one of 0, 1, 2"),
     ([("hello", "")], ("text", "label"), "row 1 has no label"),
     ([("hello", "joy"), ("bye", "joy")], ("text", "label"), "The training data holds one label only ('joy')"),
 ])
@@ -295,3 +296,32 @@ def test_offline_without_the_base_fails_at_once_with_the_install_command(tmp_pat
     assert "cannot be reached" in r.stderr and not (tmp_path / "m").exists()
     other = invoke("finetune", str(train), "--validation", str(valid), "-o", str(tmp_path / "m"), "--base", "org/bert")
     assert other.exit_code == 1 and "Give --base a local model folder" in other.stderr
+
+
+def test_a_mistyped_label_is_named_in_a_warning(tmp_path, data):
+    """'happiness' among the six would train a seventh class, in alphabetical order: say so, with a guess."""
+    from conftest import run_cli
+
+    _, valid = data
+    train = write_csv(tmp_path / "typo.csv", ROWS + [("i am glad", "happiness")])
+    r = run_cli("finetune", str(train), "--validation", str(valid), "-o", str(tmp_path / "m"),
+                "--base", str(tmp_path / "nope"))  # the data is read, then the base is missing: no training
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "Cannot load base encoder" in err
+    assert (f"Warning: {train}: label(s) 'happiness' are not among the usual six (sadness, joy, love, anger, fear, "
+            "surprise), so the model gets 7 labels, in this order: anger, fear, happiness, joy, love, sadness, "
+            "surprise. Did you mean 'happiness' -> 'joy'? Map such rows to the six, or pass --labels") in err
+
+
+def test_a_label_outside_the_given_labels_is_refused(tmp_path, data):
+    from conftest import run_cli
+
+    _, valid = data
+    train = write_csv(tmp_path / "typo.csv", ROWS + [("i am glad", "happiness")])
+    labels = "sadness,joy,love,anger,fear,surprise"
+    r = run_cli("finetune", str(train), "--validation", str(valid), "-o", str(tmp_path / "m"), "--labels", labels)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "Traceback" not in err
+    assert (f"{train}: row 7 has label 'happiness', which is not one of {labels.replace(',', ', ')}. "
+            "Did you mean 'joy'? Add it to --labels, or map or drop those rows.") in err
+    assert not (tmp_path / "m").exists()

@@ -161,7 +161,7 @@ def test_existing_output_needs_overwrite(tmp_path, tiny_model):
 def test_input_and_output_the_same_file(tmp_path, tiny_model):
     src = tmp_path / "in.csv"
     src.write_text("text\nhi\n")
-    assert_fails(tag(tiny_model, src, "--overwrite", out=str(src)), "is also the input")
+    assert_fails(tag(tiny_model, src, "--overwrite", out=str(src)), "is also the input", code=2)  # a usage error
     assert src.read_text() == "text\nhi\n"
 
 
