@@ -31,6 +31,7 @@ from emolabel.data import Source, SourceData, as_sources, epoch_rows, load_sourc
 from emolabel.errors import EmolabelError, InputError, ModelError, OptionError
 from emolabel.evaluate import classification_metrics
 from emolabel.inference import TextEncoder, resolve_device
+from emolabel.invariant import cpu_has_bf16
 from emolabel.train_resume import Checkpoints, Progress, fingerprint, numpy_state
 
 DEFAULT_BASE_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -589,14 +590,6 @@ def _amp_dtype(dev: torch.device) -> torch.dtype | None:
     if dev.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def cpu_has_bf16() -> bool:
-    """True where oneDNN runs bf16 matrix products natively (AVX512-BF16 or AMX), not emulated."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def train_amp_dtype(dev: torch.device, precision: str = "auto") -> torch.dtype | None:
