@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pytest
 import torch
-from conftest import REPO, WORDS, make_tiny_model, run_cli
+from conftest import EMOTION_DATA, REPO, WORDS, make_tiny_model, run_cli
 
 from emolabel import inference, precision_check
 from emolabel.invariant import TILE, InvariantForward
@@ -172,3 +172,26 @@ def test_check_bf16_command(models, tmp_path):
     assert rec["rows"] == 20 and rec["tables"][0]["path"] == str(table)
     assert f"all 20 rows: accuracy fp32 {rec['accuracy_fp32']:.2%}" in r.stdout.decode()
     assert rec["passed"] == (rec["agreement"] >= 0.995 and rec["accuracy_fp32"] - rec["accuracy_bf16"] <= 0.001)
+
+
+SHIPPED = REPO / "weights" / "emotion-minilm"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists() or not (EMOTION_DATA / "validation.csv").exists(),
+                    reason="needs the shipped model and ../shared/data/emotion/validation.csv")
+def test_shipped_model_in_bf16_is_invariant_and_agrees_with_fp32():
+    import csv
+
+    with open(EMOTION_DATA / "validation.csv", newline="") as f:
+        texts = [r["text"] for r in csv.DictReader(f)][:300]
+    lab = inference.Labeler(SHIPPED, device="cpu", precision="bf16")
+    assert lab.invariant
+    base = probs(lab, texts)
+    perm = np.random.default_rng(0).permutation(len(texts))
+    assert np.array_equal(probs(lab, [texts[i] for i in perm])[np.argsort(perm)], base)
+    assert np.array_equal(probs(lab, texts[::-1])[::-1], base)
+    assert np.array_equal(probs(lab, texts, batch_size=8), base)
+    assert np.array_equal(probs(lab, texts[:30], chunk=1), base[:30])
+    fp32 = probs(inference.Labeler(SHIPPED, device="cpu", precision="fp32"), texts)
+    assert (fp32.argmax(1) == base.argmax(1)).mean() >= 0.99
