@@ -3,19 +3,25 @@
 For each way of running the shipped model on the CPU, on the emotion validation split (2,000
 rows, labelled): rows/s of the model step (normalize, tokenize, batch, forward; reading and
 writing excluded) and its ratio to fp32 measured in the same run, accuracy, and how far a row's
-probabilities move when its neighbours change: the rows shuffled, shuffled at --batch-size 8,
-cut into chunks of 300, and 200 rows labelled one at a time (largest |difference| and labels
-changed, against the same precision's own first run).
+probabilities move when its neighbours change: the rows shuffled, reversed, shuffled at
+--batch-size 8, cut into chunks of 300, and 200 rows labelled one at a time (largest |difference|
+and labels changed, against the same precision's own first run).
 
     python bench/cpu_precisions.py                                  # all modes, ~5 minutes on 2 cores
     python bench/cpu_precisions.py --modes fp32,int8-token --repeats 3
+    python bench/cpu_precisions.py --modes fp32,fp32-invariant,bf16,bf16@32,bf16@128,bf16-batched
 
-Modes: fp32 (the default); bf16 (the whole model in bfloat16: `--precision bf16`); int8 (torch's
-dynamic quantization, one activation scale per batch tensor: `--precision int8`); and two that
-emolabel does not offer, measured to decide: int8-token (an activation scale per token, so the
-integer matrix products are exact and shape-independent, dequantized in fp32) and bf16-matmul
-(bf16 weights and matrix-product inputs, everything else fp32); onnxruntime (the model exported
-to ONNX, fp32, run by ONNX Runtime; only where `onnxruntime` and `onnx` are installed).
+Modes: fp32 (the default: the model's own forward on padded batches); fp32-invariant (the batch-
+invariant forward of emolabel/invariant.py in fp32); bf16 (`--precision bf16`: the whole model in
+bfloat16, run by the batch-invariant forward); bf16-batched (bf16 on padded batches, what
+`--precision bf16` was before the invariant forward: faster or not, its rows move with the batch);
+int8 (torch's dynamic quantization, one activation scale per batch tensor: `--precision int8`);
+and ones emolabel does not offer, measured to decide: int8-token (an activation scale per token,
+so the integer matrix products are exact and shape-independent, dequantized in fp32) and
+bf16-matmul (bf16 weights and matrix-product inputs, everything else fp32); onnxruntime (the
+model exported to ONNX, fp32, run by ONNX Runtime; only where `onnxruntime` and `onnx` are
+installed). An invariant mode takes the rows per kernel call after an @ (bf16@32: tiles of 32
+token rows; emolabel uses invariant.TILE), to find the tile that keeps the speed.
 """
 
 from __future__ import annotations
@@ -40,9 +46,10 @@ import torch.nn.functional as F  # noqa: E402
 from emolabel import bert  # noqa: E402
 from emolabel.config import default_model_dir  # noqa: E402
 from emolabel.inference import Labeler  # noqa: E402
+from emolabel.invariant import TILE, InvariantForward  # noqa: E402
 from emolabel.labels import softmax  # noqa: E402
 
-MODES = ["fp32", "bf16", "int8", "int8-token", "bf16-matmul", "onnxruntime"]
+MODES = ["fp32", "fp32-invariant", "bf16", "bf16-batched", "int8", "int8-token", "bf16-matmul", "onnxruntime"]
 
 
 # -- the two arithmetics emolabel does not offer --------------------------------------------------
@@ -137,8 +144,14 @@ class OnnxLabeler:
 
 
 def make(mode: str, model: Path, tmp: Path):
-    if mode in ("fp32", "bf16", "int8"):
-        return Labeler(model, device="cpu", precision=mode)
+    name, _, tile = mode.partition("@")
+    if name in ("fp32", "bf16", "int8", "fp32-invariant", "bf16-batched"):
+        lab = Labeler(model, device="cpu", precision=name.split("-")[0])
+        if name == "bf16-batched":  # the model's own forward, as --precision bf16 ran before issue 21
+            lab.forward = lambda ids, mask: lab.model(ids, mask)[0]
+        elif name in ("bf16", "fp32-invariant"):
+            lab.forward = InvariantForward(lab.model, int(tile or TILE))
+        return lab
     lab = Labeler(model, device="cpu", precision="fp32")
     if mode == "onnxruntime":
         return OnnxLabeler(lab, tmp)
@@ -177,6 +190,7 @@ def measure(mode: str, model: Path, texts: list[str], gold: np.ndarray, repeats:
     shuffled = [texts[i] for i in perm]
     others = {
         "shuffled": label(lab, shuffled)[back],
+        "reversed": label(lab, texts[::-1])[::-1],
         "shuffled_batch_8": label(lab, shuffled, batch_size=8)[back],
         "chunks_of_300": label(lab, texts, chunk=300),
         "one_at_a_time": label(lab, texts[:200], chunk=1),
@@ -196,12 +210,13 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "emotion" / "validation.csv")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each mode; the median is reported")
+    ap.add_argument("--rows", type=int, default=None, help="the first ROWS rows only (a smoke run) [all]")
     args = ap.parse_args()
     import tempfile
 
     model = args.model or default_model_dir()
     with open(args.data, newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))[: args.rows]
     texts = [r["text"] for r in rows]
     gold = np.array([int(r["label"]) for r in rows])
     tmp = Path(tempfile.mkdtemp(prefix="emolabel-precisions-"))

@@ -68,8 +68,9 @@ def cli() -> None:
 @click.option("--chunk-rows", type=click.IntRange(1), help="Rows read, length-sorted and written at a time [65536 GPU, 8192 CPU; Ray: rows per actor call, 4096].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
-              show_default=True, help="auto: bf16 on a GPU, fp32 on the CPU. int8: faster on the CPU, but a row's "
-              "numbers then depend on the rows batched with it.")
+              show_default=True, help="auto: bf16 on a GPU; on the CPU fp32, or bf16 for a model that passed "
+              "`emolabel check-bf16`, on a CPU with bf16 units. bf16 on the CPU is batch-invariant. int8: faster "
+              "on the CPU, but a row's numbers then depend on the rows batched with it.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for the model [all cores].")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV/JSON Lines input, e.g. latin-1.")
 @click.option("--delimiter", help="CSV input: the field separator [a tab for .tsv, else ,], e.g. ';', or '\\t' "
@@ -456,7 +457,9 @@ def main() -> None:
     os._exit(code)
 
 
+from emolabel.cli_check import check_bf16_command  # noqa: E402
 from emolabel.cli_train import eval_command, finetune  # noqa: E402 - registers the commands
 
 cli.add_command(finetune)
 cli.add_command(eval_command)
+cli.add_command(check_bf16_command)

@@ -22,6 +22,7 @@ from emolabel import batching, classifier
 from emolabel import model as model_lib
 from emolabel.config import PRECISIONS, TOKENIZER_NAME, available_cpus
 from emolabel.errors import OptionError
+from emolabel.invariant import InvariantForward, cpu_has_bf16, supports
 from emolabel.labels import label_columns, probabilities
 from emolabel.normalize import bert_uncased_ready, normalize
 
@@ -49,8 +50,19 @@ def int8_available() -> bool:
     return bool({"fbgemm", "x86", "qnnpack"} & set(torch.backends.quantized.supported_engines))
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' is bf16 on a GPU that has it (fp16 otherwise) and fp32 on the CPU.
+# How each precision runs a lean BERT encoder on the CPU: "invariant" is emolabel.invariant's
+# fixed-shape forward (a row's logits bit-identical whatever its batch: issue 21), "batched" the
+# model's own forward on padded batches. bf16 on the CPU is only worth having invariant (its kernels
+# round differently per shape, up to ~0.03 in probability). fp32 stays batched until a quiet
+# benchmark (bench/cpu_precisions.py, modes fp32 and fp32-invariant) shows the invariant forward
+# costs nothing; batched fp32 agrees across batches to ~1e-6 already. int8 has its own layers.
+CPU_FORWARD = {"fp32": "batched", "bf16": "invariant", "int8": "batched"}
+
+
+def resolve_precision(precision: str, device: torch.device, model_dir: Path | None = None) -> str:
+    """'auto' is bf16 on a GPU that has it (fp16 otherwise). On the CPU it is bf16 (the batch-
+    invariant forward) where the CPU has bf16 units and `model_dir` records a passing bf16 check
+    (precision_check: labels as fp32's on its validation tables), fp32 otherwise.
 
     Why not int8 on the CPU, although it is 1.6-2x faster: dynamic quantization scales the
     activations by the largest value in the whole batch tensor, so a row's probabilities (and
@@ -63,7 +75,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
+        from emolabel import precision_check
+
+        return "bf16" if model_dir is not None and cpu_has_bf16() and precision_check.passed(model_dir) else "fp32"
     if precision == "int8" and device.type != "cpu":
         raise OptionError("`precision` int8 is a CPU path; on a GPU use bf16 or fp16.")
     if precision == "int8" and not int8_available():
@@ -234,10 +248,10 @@ class Labeler:
         TagOptions.checked(model=model_dir, device=device, precision=precision, batch_size=batch_size,
                            max_tokens=max_tokens, max_length=max_length, threads=threads)
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.model_dir = Path(model_dir)
+        self.precision = resolve_precision(precision, self.device, self.model_dir)
         if threads:
             torch.set_num_threads(threads)
-        self.model_dir = Path(model_dir)
         # emolabel's own folder or a transformers classifier: the same Settings and forward either way
         self.config, self.model = classifier.load(self.model_dir)
         self.labels = list(self.config.labels)
@@ -270,6 +284,11 @@ class Labeler:
         elif self.precision in ("bf16", "fp16"):
             m = m.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
         self.model = m.to(self.device).eval()
+        # The batch-invariant forward where CPU_FORWARD says so; a transformers encoder (not plain BERT)
+        # runs batched whatever the precision.
+        self.invariant = (self.device.type == "cpu" and CPU_FORWARD.get(self.precision) == "invariant"
+                          and supports(self.model))
+        self.forward = InvariantForward(self.model) if self.invariant else (lambda ids, mask: self.model(ids, mask)[0])
 
     # -- CPU side: safe to run in a background thread --------------------------------------
 
@@ -307,8 +326,7 @@ class Labeler:
             if gpu:  # pinned host memory lets the copy overlap the previous batch's kernels
                 t_ids = t_ids.pin_memory().to(self.device, non_blocking=True)
                 t_mask = t_mask.pin_memory().to(self.device, non_blocking=True)
-            logits, _ = self.model(t_ids, t_mask)
-            outs.append(logits.float())
+            outs.append(self.forward(t_ids, t_mask).float())
         if not outs:
             return np.zeros((0, len(self.labels)), np.float32)
         return torch.cat(outs).cpu().numpy()  # one device sync per chunk

@@ -416,7 +416,7 @@ class TagOptions:
     max_length: int | None = None  # truncate texts to this many tokens; None: the model's (128)
     chunk_rows: int | None = None  # rows read and written at a time; None: 65536 on a GPU, 8192 on the CPU
     device: str = "auto"  # auto: the first CUDA GPU, else the CPU
-    precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU (inference.resolve_precision)
+    precision: str = "auto"  # auto: bf16 on a GPU, fp32 or a checked bf16 on the CPU (inference.resolve_precision)
     threads: int | None = None  # CPU threads for the model; None: all cores
     encoding: str = "utf-8"  # of CSV / JSON Lines / lines input
     on_error: str = "fail"  # a malformed row: "fail", or "skip" it and report its line

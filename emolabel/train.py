@@ -31,6 +31,7 @@ from emolabel.data import GIVEN_LABELS_FIX, LABELS_FIX, Source, SourceData, as_s
 from emolabel.errors import EmolabelError, InputError, ModelError, OptionError
 from emolabel.evaluate import classification_metrics
 from emolabel.inference import TextEncoder, resolve_device
+from emolabel.invariant import cpu_has_bf16
 from emolabel.safe_write import atomic_folder, atomic_path, check_file_target, check_folder_target
 from emolabel.train_resume import Checkpoints, Progress, fingerprint, numpy_state
 
@@ -623,14 +624,6 @@ def _amp_dtype(dev: torch.device) -> torch.dtype | None:
     if dev.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def cpu_has_bf16() -> bool:
-    """True where oneDNN runs bf16 matrix products natively (AVX512-BF16 or AMX), not emulated."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def train_amp_dtype(dev: torch.device, precision: str = "auto") -> torch.dtype | None:
