@@ -56,15 +56,15 @@ def _test_split():
 
 @needs_data
 def test_numbers_of_the_model_card_on_the_test_split(labeler):
-    """A guard that the shipped files are the model the card describes (measured: 93.05%, 0.8965,
-    ECE 0.058). Issue 11's targets (93.5%, 0.900, ECE 0.03) are not all met: see the card."""
+    """A guard that the shipped files are the model the card describes (measured: 92.80%, 0.8949,
+    ECE 0.049). Issue 20's targets (93.5%, 0.900, ECE 0.03) are not met: see the card."""
     from emolabel.evaluate import evaluate_probs
 
     texts, y = _test_split()
     m = evaluate_probs(labeler.predict_proba(texts), y, labeler.labels)
-    assert m["accuracy"] >= 0.928
-    assert m["macro_f1"] >= 0.893
-    assert m["ece"] < 0.07
+    assert m["accuracy"] >= 0.926
+    assert m["macro_f1"] >= 0.892
+    assert m["ece"] < 0.06
 
 
 EXTRA = EMOTION_DATA.parent / "extra"
