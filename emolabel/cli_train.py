@@ -382,7 +382,8 @@ def _print_eval(console: Any, model_name: str, result: dict[str, Any], names: li
             t.add_column(col, justify="left" if col == "table" else "right")
         for m in result["tables"]:
             t.add_row(Path(m["path"]).name, f"{m['rows']:,}", f"{m['accuracy']:.2%}", f"{m['macro_f1']:.4f}",
-                      *(f"{c['f1']:.3f}" for c in m["per_class"].values()), f"{m['ece']:.4f}")
+                      *(f"{c['f1']:.3f}" if c["support"] else "-" for c in m["per_class"].values()),
+                      f"{m['ece']:.4f}")  # "-": a label the table does not hold, outside its macro-F1
         mean = result["mean"]
         t.add_row("mean", "", f"{mean['accuracy']:.2%}", f"{mean['macro_f1']:.4f}", *([""] * len(names)),
                   f"{mean['ece']:.4f}", style="bold")

@@ -88,6 +88,9 @@ def test_eval_over_several_tables_reports_each_and_the_mean(tmp_path, tiny_model
     assert [p["gold"] for p in pred] == ["joy", "sadness", "love", "anger", "fear"]
     assert all(p["wrong"] == (p["gold"] != p["predicted"]) for p in pred)
     assert sum(not p["wrong"] for p in pred[:3]) == round(a["accuracy"] * 3)
+    b_row = next(line for line in r.stdout.splitlines() if "b.csv" in line and "%" in line)
+    cells = [c.strip() for c in b_row.split("│")[1:-1]]  # table, rows, accuracy, macro-F1, six F1s, ECE
+    assert cells[4:10].count("-") == 4, cells  # b.csv has anger and fear only: no F1 of 0.000 for the rest
 
 
 def test_eval_counts_rows_without_text_as_wrong_and_keeps_them_in_the_predictions(tmp_path, tiny_model):
