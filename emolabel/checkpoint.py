@@ -3,7 +3,8 @@
 Each chunk of labelled rows is committed as an Arrow IPC part file in a folder beside the
 target (`.NAME.emolabel-resume/`), then recorded in `progress.json` (written atomically). When
 every chunk is in, the parts are copied into the target format through the ordinary atomic
-Writer, and the folder is removed. After Ctrl-C, SIGTERM, kill -9 or a power cut, the same
+Writer (compressed there for a .gz or .zst name, so resume is the same for those), and the
+folder is removed. After Ctrl-C, SIGTERM, kill -9 or a power cut, the same
 command with --resume skips the committed chunks and goes on; chunk boundaries are the same as
 in an uninterrupted run, so the output is the same, row for row.
 
@@ -23,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from emolabel.errors import OutputError
-from emolabel.outputs import Writer, appeared
+from emolabel.outputs import Writer, WriteOptions, appeared
 from emolabel.tables import Format, file_sha256
 
 PROGRESS = "progress.json"
@@ -107,11 +108,12 @@ class CheckpointWriter:
     """A Writer whose progress survives the process: one committed part per chunk."""
 
     def __init__(self, target: str, fmt: Format, schema: pa.Schema, fp: dict[str, Any], resume: bool,
-                 overwrite: bool = True):
+                 overwrite: bool = True, options: WriteOptions | None = None):
         self.target = target
         self.format = fmt
         self.schema = schema
         self.overwrite = overwrite
+        self.options = options  # how the final copy writes the format (Parquet's codec, CSV's empty strings)
         self.dir = resume_dir(target)
         self.progress: dict[str, Any] = {"fingerprint": fp, "parts": [], "rows": 0, "stats": {}}
         self._lock = _lock(self.dir, target)  # one writer per output: a second run is refused, not mixed in
@@ -218,7 +220,7 @@ class CheckpointWriter:
 
     def commit(self) -> None:
         """Copy the parts, in order, into the target (atomically), then drop the progress."""
-        out = Writer(self.target, self.format, self.schema, overwrite=self.overwrite)
+        out = Writer(self.target, self.format, self.schema, overwrite=self.overwrite, options=self.options)
         try:
             for name in self.progress["parts"]:
                 with open(self.dir / name, "rb") as source:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from emolabel import __version__
-from emolabel.config import ENGINES, FORMATS, INPUT_FORMATS, PRECISIONS
+from emolabel.config import ENGINES, FORMATS, INPUT_FORMATS, PARQUET_COMPRESSIONS, PRECISIONS
 from emolabel.errors import EmolabelError
 from emolabel.signals import Interrupted, signals_raise
 
@@ -58,7 +58,10 @@ def cli() -> None:
               help="Output file, or - for stdout (with --engine ray: a folder of part files).")
 @click.option("--input-format", type=click.Choice(INPUT_FORMATS),
               help="Input format (default: from the file extension; lines: one text per line, as .txt).")
-@click.option("--output-format", type=click.Choice(FORMATS), help="Output format (default: from the extension).")
+@click.option("--output-format", type=click.Choice(FORMATS), help="Output format (default: from the extension; "
+              "a name for another format is refused). -o x.csv.gz, .tsv.gz, .jsonl.gz (or .zst) compress.")
+@click.option("--parquet-compression", type=click.Choice(PARQUET_COMPRESSIONS),
+              help=f"Parquet output: the codec inside the file [{PARQUET_COMPRESSIONS[0]}].")
 @click.option("--text-column", default="text", show_default=True, help="Column holding the text to label.")
 @click.option("--model", "model_dir", type=click.Path(), help="Model folder: emolabel's, or a Hugging Face sequence-classification folder as it is (default: the shipped model).")
 @click.option("--prefix", default="emotion", show_default=True, help="Name prefix of the added columns.")
@@ -111,6 +114,7 @@ def tag(
     output: str,
     input_format: str | None,
     output_format: str | None,
+    parquet_compression: str | None,
     text_column: str,
     model_dir: str | None,
     prefix: str,
@@ -148,10 +152,11 @@ def tag(
     Adds EMOTION (the label), EMOTION_score (its probability) and one EMOTION_<label>
     probability per label, after the input's own columns, rows in input order (--columns,
     --no-score, --no-probabilities and --top-k choose). Rows with no text get nulls; texts
-    that look non-English are counted in the summary. Formats come from the file extensions (.csv, .parquet, .jsonl/.ndjson,
-    optionally .gz for input); stdin is sniffed (Parquet magic, a leading '{' for JSON Lines,
-    else CSV) unless --input-format is given; stdout uses --output-format, else the input's
-    format. CSV columns are read as text, so they round-trip exactly.
+    that look non-English are counted in the summary. Formats come from the file extensions
+    (.csv, .parquet, .jsonl/.ndjson, optionally .gz; .zst too for output); stdin is sniffed
+    (Parquet magic, a leading '{' for JSON Lines, else CSV) unless --input-format is given;
+    stdout uses --output-format, else the input's format. CSV columns are read as text and
+    written quoted only where needed, so a CSV's fields come back byte for byte.
 
     A run from a file to a file commits its progress chunk by chunk beside the output
     (.OUTPUT.emolabel-resume/); after Ctrl-C, kill or a crash, the same command with --resume
@@ -164,6 +169,7 @@ def tag(
       emolabel tag posts.parquet -o posts.labelled.jsonl --text-column body
       cat posts.jsonl | emolabel tag - --input-format jsonl > labelled.jsonl
       emolabel tag big.csv -o - --output-format csv | head
+      emolabel tag big.csv -o labelled.csv.gz                 # gzipped as it is written
       emolabel tag reviews.csv -o out.csv --min-score 0.6     # no label where the model is unsure
       emolabel tag huge.parquet -o try.csv --limit 1000       # the first 1,000 rows only
       emolabel tag posts.csv -o slim.csv --columns id --no-probabilities --top-k 2
@@ -188,7 +194,8 @@ def tag(
                          text_columns=tuple(c.strip() for c in text_columns.split(",")) if text_columns else (),
                          empty_null=empty_null, on_error=on_error, min_score=min_score, limit=limit,
                          overwrite=overwrite, resume=resume, columns=_column_list(columns),
-                         probabilities=probabilities, score=score, top_k=top_k)
+                         probabilities=probabilities, score=score, top_k=top_k,
+                         parquet_compression=parquet_compression)
     progress = _Progress(console, quiet)
     import warnings
 

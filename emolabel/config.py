@@ -21,6 +21,9 @@ FORMAT_VERSION = 1
 FORMATS = ("csv", "parquet", "jsonl")  # what can be read and written
 INPUT_FORMATS = (*FORMATS, "lines")  # lines: one text per line (.txt), read only
 ENGINES = ("local", "ray")  # emolabel.engines.make
+# The codec inside a Parquet output (outputs.WriteOptions); zstd: smaller than snappy at about its speed
+PARQUET_COMPRESSIONS = ("zstd", "snappy", "none")
+PARQUET_COMPRESSION = PARQUET_COMPRESSIONS[0]  # the default, what every Parquet output was written with before
 # Text normalization schemes (implemented in normalize.py; named here so the CLI needs no pyarrow)
 NORMALIZATIONS = ("none", "social-v1", "social-v2")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # inference.resolve_precision says what auto is

@@ -16,16 +16,19 @@ import socket
 import sys
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from emolabel import csv_text, sinks
+from emolabel.config import PARQUET_COMPRESSION
 from emolabel.errors import OutputError, OutputIsInputError
 from emolabel.safe_write import check_file_target
-from emolabel.tables import STDIO, WRITABLE, Format, _short, default_delimiter, display_name, is_uri
+from emolabel.tables import (STDIO, WRITABLE, Format, _short, default_delimiter, display_name, format_from_suffix,
+                             is_uri)
 
 
 def _umask() -> int:
@@ -65,9 +68,6 @@ def check_output(target: str, source: str, overwrite: bool) -> None:
     if is_stream(target):
         return
     p = Path(target)
-    if target.lower().endswith(".gz"):
-        raise OutputError(f"Cannot write {target}: compressed output is not supported (it would be plain text "
-                          f"under a .gz name). Write {target[:-3]}, or write to stdout and pipe it through gzip.")
     if not p.parent.exists():
         raise OutputError(f"Cannot write {target}: folder {p.parent} does not exist. Create it first.")
     if p.is_dir():
@@ -75,6 +75,50 @@ def check_output(target: str, source: str, overwrite: bool) -> None:
     check_file_target(target, [] if source == STDIO else [source], overwrite)  # the rules every write follows
     if not os.access(p.parent, os.W_OK):
         raise OutputError(f"Cannot write {target}: folder {p.parent} is not writable.")
+
+
+def output_format(target: str, option: str | None) -> Format | None:
+    """The format `target` is written in: `option` (an output_format), else its name's suffix
+    (`x.csv.gz`: CSV, gzipped); None for stdout without `option` (the caller uses the input's).
+    A suffix that names another format than `option` is refused (Parquet under a .csv name), as
+    is a compressed name for Parquet, which is compressed inside; a name with no known suffix
+    takes `option`."""
+    from emolabel.errors import OptionError
+
+    fmt = Format(option) if option else None
+    named = None if target == STDIO else format_from_suffix(sinks.strip_compression(target))
+    if fmt is not None and fmt not in WRITABLE or named is Format.LINES and fmt is None:
+        raise OptionError(f"Lines (.txt) are an input format only; write {', '.join(f.value for f in WRITABLE)}.")
+    if fmt is not None and named is not None and named is not fmt:
+        suffix = Path(sinks.strip_compression(target)).suffix
+        raise OptionError(f"{display_name(target)} is named {suffix} ({named.value}) but `output_format` is "
+                          f"{fmt.value}: name the file for {fmt.value} (or with no suffix), or leave `output_format` out.")
+    fmt = fmt or named
+    if fmt is None and target != STDIO:
+        raise OptionError(f"Cannot tell the output format from {target!r}; use a .csv, .tsv, .parquet or .jsonl "
+                          f"name (.gz or .zst after it to compress), or `output_format`.")
+    codec = None if target == STDIO else sinks.compression_of(target)
+    if fmt is Format.PARQUET and codec is not None:
+        raise OptionError(f"{display_name(target)}: Parquet is compressed inside the file, not as a whole ({codec}); "
+                          f"write {display_name(sinks.strip_compression(target))} and choose the codec with "
+                          f"`parquet_compression`.")
+    return fmt
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """What a writer decides that the format leaves open (the local Writer and Ray's parts alike)."""
+
+    parquet_compression: str = PARQUET_COMPRESSION  # the codec inside a Parquet file ("none": none)
+    quote_empty: bool = True  # CSV: "" written as "" so that it is not a null (an empty field)
+
+    @classmethod
+    def for_run(cls, input_format: Format, parquet_compression: str | None) -> WriteOptions:
+        """A run's: CSV read in gives each empty cell one meaning ("", or null with empty_null), so
+        an empty cell is written back as an empty cell (CSV in, the same CSV out); other inputs
+        can hold both "" and null, which CSV keeps apart by quoting ""."""
+        return cls(parquet_compression=parquet_compression or PARQUET_COMPRESSION,
+                   quote_empty=input_format is not Format.CSV)
 
 
 def check_writable(schema: pa.Schema, fmt: Format, target: str) -> None:
@@ -110,23 +154,27 @@ class TableWriter:
     """One format's incremental writer on an open binary file: write(batch)... then close().
     The one place a format is written (the local Writer and Ray's part files both use it)."""
 
-    def __init__(self, file: Any, fmt: Format, schema: pa.Schema, delimiter: str = ","):
+    def __init__(self, file: Any, fmt: Format, schema: pa.Schema, delimiter: str = ",",
+                 options: WriteOptions | None = None):
         if fmt not in WRITABLE:
             raise OutputError(f"{fmt.value} is an input format only; write {', '.join(f.value for f in WRITABLE)}.")
-        self.file, self.format = file, fmt
+        self.file, self.format, self.delimiter = file, fmt, delimiter
+        self.options = options or WriteOptions()
         self._writer: Any = None
         if fmt is Format.JSONL:
             from emolabel.jsonl import JsonLinesWriter  # how JSON Lines objects are written: jsonl.py
 
             self._json = JsonLinesWriter()
-        elif fmt is Format.PARQUET:
-            self._writer = pq.ParquetWriter(file, schema, compression="zstd")
+        elif fmt is Format.PARQUET:  # a row group per write: a stream's reader gets each chunk as it is labelled
+            self._writer = pq.ParquetWriter(file, schema, compression=self.options.parquet_compression)
         elif fmt is Format.CSV:
-            self._writer = pa_csv.CSVWriter(file, schema, write_options=pa_csv.WriteOptions(delimiter=delimiter))
+            file.write(csv_text.header(schema.names, delimiter, self.options.quote_empty))
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         if self.format is Format.JSONL:
             self.file.write(self._json.dumps(batch))
+        elif self.format is Format.CSV:
+            self.file.write(csv_text.encode(batch, self.delimiter, self.options.quote_empty))
         elif isinstance(batch, pa.Table):
             self._writer.write_table(batch)
         else:
@@ -173,45 +221,57 @@ def appeared(target: str) -> OutputError:
 
 
 class Writer:
-    """Writes batches incrementally to a temporary file and renames it into place on commit()."""
+    """Writes batches incrementally to a temporary file and renames it into place on commit();
+    a stream (stdout, a FIFO) is written as the batches come, every byte or an error. A name
+    ending .gz or .zst is compressed on the way (sinks.COMPRESSIONS)."""
 
-    def __init__(self, target: str, fmt: Format, schema: pa.Schema, overwrite: bool = True):
+    def __init__(self, target: str, fmt: Format, schema: pa.Schema, overwrite: bool = True,
+                 options: WriteOptions | None = None):
         self.target = target
         self.format = fmt
         self.schema = schema
         self.overwrite = overwrite  # False: a file that appears at the target meanwhile is not replaced
         self.tmp: Path | None = None
-        self._out: IO[bytes] | None = None  # a stream target: where the rows go (stdout, a FIFO)
+        self._out: sinks.Stream | None = None  # a stream target: where the rows go (stdout, a FIFO)
+        self._raw: IO[bytes] | None = None  # a file target: the temporary file under any compressor
         if is_stream(target):
-            if target == STDIO and sys.stdout is None:
-                raise OutputError("stdout is closed, so the rows have nowhere to go; give `output` FILE.")
-            self._out = sys.stdout.buffer if target == STDIO else open(target, "wb")  # noqa: SIM115
-            if fmt is Format.PARQUET:  # Parquet needs a seekable file: spool, copy at the end
-                self._file: IO[bytes] = tempfile.TemporaryFile(prefix="emolabel-out-")
-            else:
-                self._file = self._out
+            self._out = self._file = _open_stream(target)
         else:
-            p = Path(target)
-            _remove_stale_temps(p)
-            try:
-                fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{_host()}-{os.getpid()}.", suffix=".emolabel-tmp",
-                                           dir=p.parent)
-            except OSError as e:
-                raise OutputError(f"Cannot write {target}: {e.strerror or e}.") from None
-            self.tmp = Path(tmp)
-            self._file = os.fdopen(fd, "wb")
+            self._raw = self._file = self._open_temp(target)
+            codec = sinks.compression_of(target)
+            if codec is not None:
+                self._file = sinks.compressed(self._raw, codec)
         self._writer: Any = None
-        try:
-            self._writer = TableWriter(self._file, fmt, schema, default_delimiter(target))  # CSV writes its header now
+        try:  # CSV writes its header now
+            self._writer = TableWriter(self._file, fmt, schema, default_delimiter(sinks.strip_compression(target)),
+                                       options)
         except OSError as e:
             raise self._os_error(e) from None
+
+    def _open_temp(self, target: str) -> IO[bytes]:
+        p = Path(target)
+        _remove_stale_temps(p)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{_host()}-{os.getpid()}.", suffix=".emolabel-tmp",
+                                       dir=p.parent)
+        except OSError as e:
+            raise OutputError(f"Cannot write {target}: {e.strerror or e}.") from None
+        self.tmp = Path(tmp)
+        return os.fdopen(fd, "wb")
+
+    @property
+    def stream(self) -> bool:
+        """Written as it goes to a reader (stdout, a FIFO), not renamed into place."""
+        return self._out is not None
+
+    def reader_gone(self) -> bool:
+        """A stream's reader closed it (`| head` had enough): nobody wants more rows."""
+        return self._out is not None and self._out.reader_gone()
 
     def write(self, batch: pa.RecordBatch, stats: dict | None = None) -> None:
         """Append a batch (`stats` is for CheckpointWriter's interface and unused here)."""
         try:
             self._writer.write(batch)
-            if self._file is self._out:  # `| head` sees rows as soon as they are labelled
-                self._file.flush()
         except OSError as e:
             raise self._os_error(e) from None
         except pa.ArrowException as e:
@@ -223,41 +283,49 @@ class Writer:
         """Finish the file and move it to the target path."""
         try:
             self._writer.close()
-            self._file.flush()
-            if self.tmp is not None:
-                os.fsync(self._file.fileno())
-                self._file.close()
-                os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a new file gets the usual mode
-                if not self.overwrite and os.path.lexists(self.target):
-                    raise appeared(self.target)
-                os.replace(self.tmp, self.target)
-                self.tmp = None
+            if self._raw is not None:
+                self._finish_file()
             else:  # a stream
                 assert self._out is not None
-                if self._file is not self._out:  # spooled Parquet
-                    self._file.seek(0)
-                    shutil.copyfileobj(self._file, self._out, 1 << 20)
-                    self._file.close()
-                self._out.flush()
-                if self._out is not sys.stdout.buffer:
-                    self._out.close()
+                self._out.close()
         except OSError as e:
             self.abort()
             if isinstance(e, BrokenPipeError):
                 raise
             raise self._os_error(e) from None
+        except pa.ArrowException as e:
+            self.abort()
+            if "Broken pipe" in str(e):
+                raise BrokenPipeError(str(e)) from None
+            raise OutputError(f"Cannot write {self.target}: {_short(e)}") from None
         except OutputError:
             self.abort()
             raise
 
+    def _finish_file(self) -> None:
+        """End the compressed stream, if any, then fsync and rename the temporary file into place."""
+        assert self._raw is not None and self.tmp is not None
+        if self._file is not self._raw:
+            self._file.close()  # the compressor's trailer; the file stays open
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a new file gets the usual mode
+        if not self.overwrite and os.path.lexists(self.target):
+            raise appeared(self.target)
+        os.replace(self.tmp, self.target)
+        self.tmp = None
+
     def abort(self, keep: bool = False) -> None:
-        """Drop everything written so far; the target path is left as it was (`keep`: unused)."""
-        closers = [getattr(self._writer, "close", None), self._file.close]
-        if self._out is not None and self._out is not sys.stdout.buffer:
-            closers.append(self._out.close)
-        for close in closers:
+        """Drop everything written so far; the target path is left as it was (`keep`: unused).
+        A stream gets nothing more (no Parquet footer that would make its rows look whole)."""
+        if self._out is not None:
+            self._out.drop_the_rest()
+        for close in (getattr(self._writer, "close", None), self._file.close,
+                      self._raw.close if self._raw is not None else None,
+                      self._out.close if self._out is not None else None):
             try:
-                if close is not None and self._file is not sys.stdout.buffer:
+                if close is not None:
                     close()
             except Exception:  # noqa: BLE001 - the file is being thrown away
                 pass
@@ -275,6 +343,19 @@ class Writer:
         if e.errno == errno.ENOSPC:
             return OutputError(f"Disk full while writing {where}; nothing was written there.")
         return OutputError(f"Cannot write {where}: {e.strerror or e}. Nothing was written there.")
+
+
+def _open_stream(target: str) -> sinks.Stream:
+    """stdout or a FIFO/device path as a Stream (stdout is never closed: the CLI exits after)."""
+    if target == STDIO:
+        if sys.stdout is None:
+            raise OutputError("stdout is closed, so the rows have nowhere to go; give `output` FILE.")
+        sys.stdout.flush()  # anything printed before stays before the rows
+        return sinks.Stream(sys.stdout.buffer)
+    try:
+        return sinks.Stream(os.open(target, os.O_WRONLY), owned=True)
+    except OSError as e:
+        raise OutputError(f"Cannot write {target}: {e.strerror or e}.") from None
 
 
 # ---------------------------------------------------------------------------------------------

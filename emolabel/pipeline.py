@@ -181,10 +181,19 @@ def check_columns(schema: pa.Schema, name: str, text_column: str, selection: Sel
 
 
 def label_chunk(labeler: Labeler, batch: pa.RecordBatch, prepared: Prepared, schema: pa.Schema,
-                selection: Selection) -> pa.RecordBatch:
+                selection: Selection, between: Callable[[int], None] | None = None) -> pa.RecordBatch:
     """The model on a prepared chunk: `batch`'s kept columns with the label columns (`schema`:
-    check_columns'). The one labelling step of every engine."""
-    return selection.label(batch, labeler.run(prepared), schema)
+    check_columns'). The one labelling step of every engine. `between`, if given, is called
+    between model batches (WATCH_BATCHES at a time) and may raise to stop: the same batches, the
+    same numbers."""
+    step = WATCH_BATCHES[labeler.device.type == "cuda"]
+    return selection.label(batch, labeler.run(prepared, between, step), schema)
+
+
+# Model batches between two looks at a stream's reader: every batch on the CPU; on a GPU each look
+# waits for the card (a device sync), so every 8 batches, as eval's progress does.
+WATCH_BATCHES = {False: 1, True: 8}
+
 
 
 def tag(
@@ -254,8 +263,16 @@ def tag(
                 yield b, job.result()
 
     with _BackgroundWriter(writer) as out:
+        def wanted(rows: int) -> None:
+            """A stream's reader that went away (`| head`) stops the labelling within a batch, not
+            a chunk (8,192 rows) later, when the next write would have failed."""
+            out.check()  # a write that failed meanwhile
+            if writer.reader_gone():
+                raise BrokenPipeError("the output's reader closed it")
+
+        watch = wanted if getattr(writer, "stream", False) else None
         for batch, (prep, foreign) in _background(prepared(), depth=2):
-            labelled = label_chunk(labeler, batch, prep, schema, selection)
+            labelled = label_chunk(labeler, batch, prep, schema, selection, watch)
             release_free_memory()  # memory stays flat over millions of rows
             summary.add(labelled, selection.prefix, prep.truncated, foreign)
             out.submit(labelled, summary.stats())
@@ -365,18 +382,19 @@ class _BackgroundWriter:
             except BaseException as e:  # noqa: BLE001 - raised on the main thread
                 self.error = e
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """Raise the error of a write that failed (on the writer's thread) since."""
         if self.error is not None:
             raise self.error
 
     def submit(self, batch: pa.RecordBatch, stats: dict[str, Any] | None = None) -> None:
-        self._check()
+        self.check()
         while True:
             try:
                 self.q.put((batch, stats), timeout=0.1)
                 return
             except queue.Full:
-                self._check()
+                self.check()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
@@ -392,7 +410,7 @@ class _BackgroundWriter:
         self.q.put(_DONE)
         while self.thread.is_alive():
             self.thread.join(timeout=0.1)
-        self._check()
+        self.check()
 
 
 # -- tagging a file into a file: the library call behind `emolabel tag` -----------------------
@@ -434,6 +452,7 @@ class TagOptions:
     limit: int | None = None  # label only the first N rows (a quick try on a big file)
     overwrite: bool = False  # replace an existing output file
     resume: bool = False  # continue an interrupted run from its committed chunks
+    parquet_compression: str | None = None  # the codec inside a Parquet output; None: zstd (config)
 
     # Fields that cannot change a labelled row: kept out of the --resume fingerprint.
     NOT_OUTPUT: ClassVar[dict[str, str]] = {
@@ -441,6 +460,8 @@ class TagOptions:
         "threads": "the same numbers on any thread count",
         "overwrite": "only whether an existing file may be replaced",
         "resume": "only whether committed progress is used",
+        "parquet_compression": "the same rows, encoded otherwise: applied when the committed rows are copied "
+                               "into the file, so a resumed run writes every row with the codec it is given",
     }
 
     def __post_init__(self) -> None:
@@ -492,9 +513,10 @@ class TagOptions:
         for name in ("chunk_rows", "batch_size", "max_tokens", "threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise OptionError(f"`{name}` must be at least 1, not {getattr(self, name)}.")
-        from emolabel.config import FORMATS, INPUT_FORMATS
+        from emolabel.config import FORMATS, INPUT_FORMATS, PARQUET_COMPRESSIONS
 
-        for name, known in (("input_format", INPUT_FORMATS), ("output_format", FORMATS)):
+        for name, known in (("input_format", INPUT_FORMATS), ("output_format", FORMATS),
+                            ("parquet_compression", PARQUET_COMPRESSIONS)):
             if getattr(self, name) not in (None, *known):
                 raise OptionError(f"Unknown `{name}` {getattr(self, name)!r}: use {', '.join(known)}.")
         if self.delimiter is not None and (len(self.delimiter) != 1 or self.delimiter in "\"\r\n"):
@@ -544,6 +566,20 @@ class TagOptions:
             from emolabel.errors import OptionError
 
             raise OptionError(f"{', '.join(csv_only)} only apply to CSV input, and the input is {fmt.value}.")
+
+    def check_output(self, fmt: Any) -> None:
+        """Parquet's writing option given for another output format would do nothing: refused."""
+        if self.parquet_compression is not None and fmt.value != "parquet":
+            from emolabel.errors import OptionError
+
+            raise OptionError(f"`parquet_compression` only applies to Parquet output, and the output is {fmt.value} "
+                              "(a .gz or .zst name compresses CSV and JSON Lines).")
+
+    def write_options(self, input_format: Any) -> Any:
+        """outputs.WriteOptions for a run from `input_format`."""
+        from emolabel.outputs import WriteOptions
+
+        return WriteOptions.for_run(input_format, self.parquet_compression)
 
     def read_options(self, keep_json: bool = False, reserved: tuple[str, ...] = ()) -> dict[str, Any]:
         """tables.open_input / open_stream's options for this run: `keep_json` when JSON Lines are
@@ -600,15 +636,9 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
     output = outputs.resolve_output(output)
     inputs = tables.expand_inputs(input)
     in_fmt = tables.format_of(inputs, opts.input_format)
-    out_fmt = tables.Format(opts.output_format) if opts.output_format else None
-    if out_fmt is not None and out_fmt not in tables.WRITABLE or output != tables.STDIO and (
-            tables.format_from_suffix(output) is tables.Format.LINES and out_fmt is None):
-        raise OptionError(f"Lines (.txt) are an input format only; write {', '.join(f.value for f in tables.WRITABLE)}.")
-    if output != tables.STDIO and out_fmt is None:
-        out_fmt = tables.format_from_suffix(output)
-        if out_fmt is None:
-            raise OptionError(f"Cannot tell the output format from {output!r}; use a .csv, .parquet or .jsonl "
-                              "name, or `output_format`.")
+    out_fmt = outputs.output_format(output, opts.output_format)  # None: stdout, in the input's format
+    if out_fmt is not None:
+        opts.check_output(out_fmt)
     # Progress can be committed and resumed only between regular files: a pipe or FIFO given as a
     # path cannot be read twice (fingerprinting it would steal rows from the reader).
     checkpointed = not outputs.is_stream(output) and all(p != tables.STDIO and tables.is_regular_file(p) for p in inputs)
@@ -636,6 +666,8 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
             if sys.stdout is not None and sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
                 raise OptionError("Refusing to write Parquet to a terminal; give another `output_format`.")
         opts.check_input(reader.format)
+        opts.check_output(out_fmt)
+        written = opts.write_options(reader.format)
         check_text_column(reader.schema, reader.name, opts.text_column)  # before the model loads: fail fast
         schema = check_columns(reader.schema, reader.name, opts.text_column, selection, warn=False,
                                always=(source,) if source else ())
@@ -655,10 +687,10 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
             writer = checkpoint.CheckpointWriter(output, out_fmt, schema,
                                                  checkpoint.fingerprint(inputs[0] if len(inputs) == 1 else inputs, folder,
                                                                        resolved.output_options()),
-                                                 opts.resume, overwrite=opts.overwrite)
+                                                 opts.resume, overwrite=opts.overwrite, options=written)
             done = writer.stats if writer.rows_done else None
         else:
-            writer = outputs.Writer(output, out_fmt, schema, overwrite=opts.overwrite)
+            writer = outputs.Writer(output, out_fmt, schema, overwrite=opts.overwrite, options=written)
         advance = None
         if progress is not None:
             total = reader.total_rows if opts.limit is None else min(reader.total_rows or opts.limit, opts.limit)

@@ -163,6 +163,7 @@ class RayEngine:
         from emolabel import ray_adapter as adapter
 
         out_fmt = tables.Format(opts.output_format or "parquet")
+        opts.check_output(out_fmt)
         io_tasks = max(2, pool if isinstance(pool, int) else pool[1])
         chunk = opts.chunk_rows or CHUNK_ROWS
         scheme = f"{paths[0].split('://', 1)[0]}://" if tables.is_uri(paths[0]) else ""  # Ray strips it
@@ -200,7 +201,7 @@ class RayEngine:
                                                crash_marker=os.environ.get(CRASH_ENV) or None,
                                                key=self.id_column or f"{opts.prefix}_row_id"),
                     udf_modifying_row_count=False, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
-            sink = adapter.parts_sink(write_to, out_fmt.value, functools.partial(_write_part, out_fmt),
+            sink = adapter.parts_sink(write_to, out_fmt.value, functools.partial(_write_part, out_fmt, opts.write_options(fmt)),
                                       functools.partial(_count_part, opts.prefix))
             try:
                 with warnings.catch_warnings():  # Ray's note that a small input cannot use every task slot
@@ -369,7 +370,7 @@ def _count_part(prefix: str, table: pa.Table) -> tuple[pa.Table, dict]:
     return table, summary.stats()
 
 
-def _write_part(fmt: tables.Format, table: pa.Table, file: Any) -> None:
-    writer = outputs.TableWriter(file, fmt, table.schema)
+def _write_part(fmt: tables.Format, options: outputs.WriteOptions, table: pa.Table, file: Any) -> None:
+    writer = outputs.TableWriter(file, fmt, table.schema, options=options)
     writer.write(table)
     writer.close()

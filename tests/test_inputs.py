@@ -34,8 +34,8 @@ def test_tsv_in_and_out_by_name(tmp_path, tiny_model):
     r = invoke("tag", str(src), "-o", str(tmp_path / "out.tsv"), "--model", str(tiny_model))
     assert r.exit_code == 0, r.stderr
     header, row = (tmp_path / "out.tsv").read_text().splitlines()
-    assert header.split("\t")[:3] == ['"id"', '"text"', '"emotion"']
-    assert row.split("\t")[:2] == ['"007"', '"i love you, really"']
+    assert header.split("\t")[:3] == ["id", "text", "emotion"]  # quoted only where needed: a comma is not the separator
+    assert row.split("\t")[:2] == ["007", "i love you, really"]
 
 
 def test_plain_text_lines_file_and_stdin(tmp_path, tiny_model):
@@ -47,7 +47,7 @@ def test_plain_text_lines_file_and_stdin(tmp_path, tiny_model):
     assert [row["text"] for row in rows] == ["i feel happy", "", "so sad today", "no newline at the end"]
     assert rows[1]["emotion"] is None and all(row["emotion"] for row in rows if row["text"])
     piped = invoke("tag", "-", "--input-format", "lines", "--model", str(tiny_model), input=b"i feel happy\n")
-    assert piped.exit_code == 0 and piped.stdout.startswith('"text","emotion"')  # lines in: CSV out
+    assert piped.exit_code == 0 and piped.stdout.startswith("text,emotion")  # lines in: CSV out
     sniffed = invoke("tag", "-", "--model", str(tiny_model), input=b"i feel happy\n")
     assert sniffed.exit_code == 1 and "--input-format lines" in sniffed.stderr
     out = invoke("tag", str(src), "-o", str(tmp_path / "o.txt"), "--model", str(tiny_model))
