@@ -57,8 +57,8 @@ def label_frame(frame: Any, text_column: str = "text", model: str | None = None,
     `prefix` None is `tag`'s ("emotion"). `columns`, `probabilities`, `score`, `top_k`: which
     columns come back, as `tag`'s options of those names. Texts that look non-English are
     counted in an EmolabelWarning."""
-    from emolabel.labels import DEFAULT_PREFIX
     from emolabel.frames import label_frame as run
+    from emolabel.labels import DEFAULT_PREFIX
 
     return run(frame, labeler, text_column, DEFAULT_PREFIX if prefix is None else prefix, min_score, model=model,
                columns=columns, probabilities=probabilities, score=score, top_k=top_k)

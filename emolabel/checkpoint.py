@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from emolabel.errors import OutputError
-from emolabel.outputs import Writer, WriteOptions, appeared
+from emolabel.outputs import WriteOptions, Writer, appeared
 from emolabel.tables import Format, file_sha256
 
 PROGRESS = "progress.json"

@@ -8,7 +8,6 @@ killed run leaves (its process id in the name) is removed by the next run to the
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import shutil
@@ -27,8 +26,7 @@ from emolabel import csv_text, sinks
 from emolabel.config import PARQUET_COMPRESSION
 from emolabel.errors import OutputError, OutputIsInputError
 from emolabel.safe_write import check_file_target
-from emolabel.tables import (STDIO, WRITABLE, Format, _short, default_delimiter, display_name, format_from_suffix,
-                             is_uri)
+from emolabel.tables import STDIO, WRITABLE, Format, _short, default_delimiter, display_name, format_from_suffix, is_uri
 
 
 def _umask() -> int:

@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import WORDS, run_cli
 
 MORE = (
@@ -325,8 +324,8 @@ def test_ray_engine(hf_distilbert, tmp_path):
 
 def test_ray_actor_labels_through_the_same_seam(hf_distilbert, monkeypatch):
     """What each Ray actor runs (no Ray needed): a multi-label model's labels, as the local engine's."""
-    from emolabel.ray_engine import CUT_COLUMN, SOURCE_COLUMN, LabelerActor
     from emolabel.pipeline import TagOptions
+    from emolabel.ray_engine import CUT_COLUMN, SOURCE_COLUMN, LabelerActor
 
     for name in ("RAYON_NUM_THREADS", "OMP_NUM_THREADS"):  # the actor sets them; put them back afterwards
         monkeypatch.setenv(name, "1")
