@@ -99,7 +99,9 @@ def save(model: EmotionClassifier, tokenizer_json: str, folder: Path, dtype: tor
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
              for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "emolabel": "1"})
+    # One metadata key: safetensors writes a metadata map in its hash order, which changes from one
+    # process to the next, so two keys made the same weights two different files now and then.
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(folder / WEIGHTS_NAME, 0o666 & ~mask)  # safetensors writes 0600: others could not read the model

@@ -467,10 +467,10 @@ class TagOptions:
     def __post_init__(self) -> None:
         from emolabel.detect import delimiter
 
-        if isinstance(self.text_columns, list):
-            self.text_columns = tuple(self.text_columns)
-        if isinstance(self.delimiter, str):
-            self.delimiter = delimiter(self.delimiter)  # `\\t` and `tab` are a tab: one place reads them
+        if isinstance(self.text_columns, list):  # frozen: set once, here
+            object.__setattr__(self, "text_columns", tuple(self.text_columns))
+        if isinstance(self.delimiter, str):  # `\\t` and `tab` are a tab: one place reads them
+            object.__setattr__(self, "delimiter", delimiter(self.delimiter))
 
     def resolve(self, device_type: str) -> TagOptions:
         """The read chunk's default for the device filled in (the Labeler fills in its own batch
@@ -656,7 +656,8 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
     model = spec(folder)  # emolabel's own folder or a transformers classifier
     selection = Selection.of(opts, model.labels, model.multi_label)
     added = (*selection.added(), *([source] if source else []))
-    keep_json = out_fmt in (None, tables.Format.JSONL)  # JSON Lines to JSON Lines: objects kept as read
+    # JSON Lines to JSON Lines: objects kept as read, unless `columns` picks keys (then typed, as for Parquet)
+    keep_json = out_fmt in (None, tables.Format.JSONL) and opts.columns is None
     reader = tables.open_inputs(inputs, in_fmt, source_column=source, chunk_rows=opts.chunk_rows,
                                 **opts.read_options(keep_json, added))
     writer: Any = None

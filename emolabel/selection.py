@@ -80,7 +80,11 @@ class Selection:
 
     def output_schema(self, schema: pa.Schema, where: str, always: tuple[str, ...] = ()) -> pa.Schema:
         """The schema written for input `schema`: the kept columns, then the added ones."""
-        kept = pa.schema([schema.field(n) for n in self.kept(schema.names, where, always)], metadata=schema.metadata)
+        names = self.kept(schema.names, where, always)
+        if self.columns is None:  # every column, in order: duplicate names too (a pandas frame may have them)
+            kept = schema
+        else:
+            kept = pa.schema([schema.field(n) for n in names], metadata=schema.metadata)
         return output_schema(kept, list(self.labels), self.prefix, self.min_score is not None, **self.which())
 
     def label(self, batch: pa.RecordBatch, probs: np.ndarray, schema: pa.Schema) -> pa.RecordBatch:

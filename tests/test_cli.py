@@ -15,7 +15,7 @@ COMMANDS = sorted(cli.commands)
 
 
 def test_commands():
-    assert COMMANDS == ["eval", "finetune", "label", "tag"]
+    assert COMMANDS == ["check-bf16", "eval", "finetune", "label", "tag"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -118,10 +118,10 @@ def test_a_signal_to_the_cli_saves_the_best_epoch(tmp_path, tiny_base, data, sig
                              "--patience", "100000", "--batch-size", "4"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, COLUMNS="200"))
-    log = out / "train_log.jsonl"
     deadline = time.time() + PATIENCE
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and '"event": "epoch"' in log.read_text():
+    while time.time() < deadline and proc.poll() is None:  # the log is written beside -o until the model is saved
+        logs = [p for p in (out / "train_log.jsonl", *tmp_path.glob(".m-train_log.jsonl.*")) if p.exists()]
+        if any('"event": "epoch"' in p.read_text() for p in logs):
             break
         time.sleep(0.1)
     proc.send_signal(getattr(signal, sig))

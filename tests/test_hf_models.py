@@ -325,7 +325,7 @@ def test_ray_engine(hf_distilbert, tmp_path):
 def test_ray_actor_labels_through_the_same_seam(hf_distilbert, monkeypatch):
     """What each Ray actor runs (no Ray needed): a multi-label model's labels, as the local engine's."""
     from emolabel.pipeline import TagOptions
-    from emolabel.ray_engine import CUT_COLUMN, SOURCE_COLUMN, LabelerActor
+    from emolabel.ray_engine import CUT_COLUMN, FOREIGN_COLUMN, SOURCE_COLUMN, LabelerActor
 
     for name in ("RAYON_NUM_THREADS", "OMP_NUM_THREADS"):  # the actor sets them; put them back afterwards
         monkeypatch.setenv(name, "1")
@@ -333,5 +333,5 @@ def test_ray_actor_labels_through_the_same_seam(hf_distilbert, monkeypatch):
     table = pa.table({"text": texts, SOURCE_COLUMN: pa.array(["in.parquet"] * len(texts)).dictionary_encode()})
     out = LabelerActor(str(hf_distilbert), TagOptions(model=str(hf_distilbert), device="cpu"))(table)
     labels, want = reference(hf_distilbert, texts)
-    assert out.column_names[-2:] == ["emotion_fear", CUT_COLUMN]
+    assert out.column_names[-3:] == ["emotion_fear", CUT_COLUMN, FOREIGN_COLUMN]
     assert out.column("emotion").to_pylist() == [expected_label(p, labels, True) for p in want]

@@ -20,7 +20,7 @@ def test_a_semicolon_file_gets_a_hint_and_is_read_with_delimiter(tmp_path, tiny_
     ok = invoke("tag", str(src), "--delimiter", ";", "-o", "-", "--model", str(tiny_model))
     assert ok.exit_code == 0, ok.stderr
     lines = ok.stdout.splitlines()
-    assert lines[0].startswith('"id","text","emotion"') and lines[2].startswith('"2","sad; so sad",')
+    assert lines[0].startswith('id,text,emotion') and lines[2].startswith('2,sad; so sad,')
     bad = invoke("tag", str(src), "--delimiter", ";;", "-o", "-", "--model", str(tiny_model))
     assert bad.exit_code == 2 and "one character" in bad.stderr  # a misused option
     (tmp_path / "x.jsonl").write_text('{"text": "hi"}\n')

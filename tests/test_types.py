@@ -146,7 +146,7 @@ def test_timestamps_written_to_json_lines_have_one_iso_form(tmp_path, tiny_model
     r = tag(tiny_model, src, tmp_path / "o.jsonl")
     assert r.returncode == 0, r.stderr
     rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
-    assert [x["at"] for x in rows] == ["2024-01-05T12:00:00.123456", "2024-01-05T12:00:00"]
+    assert [x["at"] for x in rows] == ["2024-01-05T12:00:00.123456", "2024-01-05T12:00:00.000000"]  # one width
     assert rows[0]["tz"] == "2024-01-05T12:00:00.123456+01:00"
 
 

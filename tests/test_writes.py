@@ -53,7 +53,7 @@ def test_eval_predictions_replace_a_file_only_with_overwrite(tmp_path, tiny_mode
     assert pred.read_text() == "precious" and r.stdout == b""  # refused before any scoring
     r = run_cli("eval", str(gold), "--model", str(tiny_model), "--predictions", str(pred), "--overwrite")
     assert r.returncode == 0, r.stderr.decode()
-    assert pred.read_text().startswith('"table","text","gold"') and no_temp_files(tmp_path)
+    assert pred.read_text().startswith('table,text,gold') and no_temp_files(tmp_path)
 
 
 def test_eval_refuses_a_predictions_name_without_a_format_before_scoring(tmp_path, tiny_model, gold):
