@@ -73,7 +73,7 @@ def test_a_reader_that_goes_away_gives_141_in_every_format(tmp_path, tiny_model,
 CHILD = r"""
 import atexit, select, sys
 from emolabel import inference
-from emolabel.cli import cli
+from emolabel.cli import main  # the console script's entry: exit code by os._exit, no native-thread teardown abort
 
 first, mark, report = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 counted, at_close = [0], [None]
@@ -93,7 +93,7 @@ def logits(self, prepared):
 inference.Labeler.logits = logits
 atexit.register(lambda: open(report, "w").write(f"{at_close[0]} {counted[0]}"))
 sys.argv = ["emolabel", *sys.argv[4:]]
-cli()
+main()
 """
 
 
