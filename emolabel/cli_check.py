@@ -22,8 +22,8 @@ def check_bf16_command(tables: tuple[str, ...], model_dir: str | None, text_colu
                        input_format: str | None, quiet: bool) -> None:
     """Whether `--precision auto` may run a model in bf16 on the CPU: score labelled TABLEs (the
     validation tables in the model's training.json unless given) in fp32 and in bf16, and record
-    the result in the model folder (precision-check.json). bf16 passes when, over all the rows,
-    its accuracy is within 0.1 point of fp32's and at least 99.5% of its labels are fp32's; auto
+    the result in the model folder (precision-check.json). bf16 passes when, on every table,
+    its accuracy is within 0.1 point (or one row) of fp32's and at least 99.5% of its labels are fp32's; auto
     then picks it on a CPU with bf16 units (AVX512-BF16 or AMX). Either way a row's output
     depends on its text alone: bf16 on the CPU runs a batch-invariant forward.
 

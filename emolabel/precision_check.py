@@ -26,7 +26,7 @@ from emolabel.errors import InputError, ModelError
 
 CHECK_NAME = "precision-check.json"
 FORMAT_VERSION = 1
-MAX_ACCURACY_DROP = 0.001  # bf16's accuracy may be at most 0.1 point below fp32's, over all rows
+MAX_ACCURACY_DROP = 0.001  # on each table bf16's accuracy may be at most 0.1 point (or one row) below fp32's
 MIN_AGREEMENT = 0.995  # share of rows whose bf16 label is fp32's
 
 
@@ -80,8 +80,7 @@ def check(model_dir: str | Path, data: list[Any], on_rows: Callable[[int], None]
                  for src, p32, p16 in zip(data, probs["fp32"], probs["bf16"])]
     gold = np.concatenate([src.data.labels for src in data])
     overall = _compare("all", "", gold, np.concatenate(probs["fp32"]), np.concatenate(probs["bf16"]))
-    passed = (overall["accuracy_fp32"] - overall["accuracy_bf16"] <= MAX_ACCURACY_DROP + 1e-12
-              and overall["agreement"] >= MIN_AGREEMENT)
+    passed = all(_holds(t) for t in per_table)  # every table, as the issue asks: a pooled mean hides one that drops
     import torch
 
     from emolabel.invariant import TILE, cpu_has_bf16
@@ -95,6 +94,14 @@ def check(model_dir: str | Path, data: list[Any], on_rows: Callable[[int], None]
             "measured_on": {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                             "cpu_bf16_units": cpu_has_bf16(), "tile": TILE,
                             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+
+
+def _holds(table: dict[str, Any]) -> bool:
+    """One table passes: accuracy at most 0.1 point below fp32's (one row where a row is more, on a
+    small table) and at least MIN_AGREEMENT of its labels fp32's."""
+    allowed = max(MAX_ACCURACY_DROP, 1 / max(table["rows"], 1))
+    return (table["accuracy_fp32"] - table["accuracy_bf16"] <= allowed + 1e-12
+            and table["agreement"] >= MIN_AGREEMENT)
 
 
 def _compare(path: str, sha256: str, gold: np.ndarray, p32: np.ndarray, p16: np.ndarray) -> dict[str, Any]:
