@@ -581,12 +581,13 @@ class TagOptions:
 
         return WriteOptions.for_run(input_format, self.parquet_compression)
 
-    def read_options(self, keep_json: bool = False, reserved: tuple[str, ...] = ()) -> dict[str, Any]:
-        """tables.open_input / open_stream's options for this run: `keep_json` when JSON Lines are
-        written (JSON Lines input is then kept as read), `reserved` the columns the run adds."""
+    def read_options(self, json_out: bool = False, reserved: tuple[str, ...] = ()) -> dict[str, Any]:
+        """tables.open_input / open_stream's options for this run: `json_out` when JSON Lines are
+        written (JSON Lines input is then kept as read, unless `columns` picks keys: those are written
+        from the typed table, as for Parquet), `reserved` the columns the run adds."""
         return dict(encoding=self.encoding, on_error=self.on_error, delimiter=self.delimiter,
                     detect_types=self.detect_types, empty_null=self.empty_null, text_column=self.text_column,
-                    text_columns=self.text_columns, keep_json=keep_json, reserved=reserved)
+                    text_columns=self.text_columns, keep_json=json_out and self.columns is None, reserved=reserved)
 
     def output_options(self) -> dict[str, Any]:
         """The fields that change the output: what --resume must find unchanged (as JSON keeps
@@ -656,10 +657,8 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
     model = spec(folder)  # emolabel's own folder or a transformers classifier
     selection = Selection.of(opts, model.labels, model.multi_label)
     added = (*selection.added(), *([source] if source else []))
-    # JSON Lines to JSON Lines: objects kept as read, unless `columns` picks keys (then typed, as for Parquet)
-    keep_json = out_fmt in (None, tables.Format.JSONL) and opts.columns is None
     reader = tables.open_inputs(inputs, in_fmt, source_column=source, chunk_rows=opts.chunk_rows,
-                                **opts.read_options(keep_json, added))
+                                **opts.read_options(out_fmt in (None, tables.Format.JSONL), added))
     writer: Any = None
     try:
         if out_fmt is None:  # stdout: the input's format unless told (lines in: CSV out)

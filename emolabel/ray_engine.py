@@ -152,8 +152,7 @@ class RayEngine:
 
         row_id = () if self.id_column else (f"{opts.prefix}_row_id",)
         added = (*Selection.of(opts, labels).added(), *row_id, SOURCE_COLUMN)
-        keep_json = opts.output_format == tables.Format.JSONL.value and opts.columns is None  # as the local engine
-        return opts.read_options(keep_json=keep_json, reserved=added)
+        return opts.read_options(json_out=opts.output_format == tables.Format.JSONL.value, reserved=added)
 
     def _job(self, ray: Any, paths: list[str], fmt: tables.Format, output: str, opts: TagOptions,
              labels: list[str], model: Path, pool: int | tuple[int, int], signals: Signals,

@@ -46,3 +46,19 @@ def invoke(*args: str, input: bytes | None = None):
     """The CLI in-process (fast); stdout and stderr kept apart."""
     runner = CliRunner()
     return runner.invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
+def interrupt_after_two_chunks(monkeypatch) -> None:
+    """An interrupted run: pipeline.label_chunk raises KeyboardInterrupt on its third chunk, so two
+    chunks are committed (undo with monkeypatch.undo())."""
+    from emolabel import pipeline
+
+    real, calls = pipeline.label_chunk, []
+
+    def dies_on_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "label_chunk", dies_on_the_third)

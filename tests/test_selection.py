@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pytest
 from conftest import REPO, run_cli
-from helpers import EXT, invoke, read_path, write_table
+from helpers import EXT, interrupt_after_two_chunks, invoke, read_path, write_table
 
 from emolabel.config import EMOTIONS
 from emolabel.errors import EmolabelWarning, OptionError, OutputError
@@ -150,18 +150,10 @@ def test_counts_without_score_or_probabilities(tmp_path, tiny_model):
 
 
 def test_resume_keeps_the_selection_and_refuses_another(tmp_path, tiny_model, monkeypatch):
-    from emolabel import checkpoint, pipeline
+    from emolabel import checkpoint
 
     whole, _ = tag(tmp_path, tiny_model, "parquet", "whole", columns=["id"], top_k=2, score=False)
-    real, calls = pipeline.label_chunk, []
-
-    def dies_on_the_third(*args, **kwargs):  # an interrupted run: two chunks committed
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "label_chunk", dies_on_the_third)
+    interrupt_after_two_chunks(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         tag(tmp_path, tiny_model, "parquet", "cut", columns=["id"], top_k=2, score=False)
     monkeypatch.undo()

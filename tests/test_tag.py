@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pyarrow as pa
 import pytest
-from helpers import EXT, invoke, read_bytes, read_path, write_table
+from helpers import EXT, interrupt_after_two_chunks, invoke, read_bytes, read_path, write_table
 
 from emolabel.config import EMOTIONS
 from emolabel.inference import Labeler
@@ -239,22 +239,13 @@ def test_several_inputs_need_the_same_columns_format_and_each_given_once(tmp_pat
 
 
 def test_resume_of_several_inputs_refuses_a_changed_second_input(tmp_path, tiny_model, monkeypatch):
-    from emolabel import checkpoint, pipeline, tag_file
+    from emolabel import checkpoint, tag_file
     from emolabel.errors import OutputError
 
     a = write_table(sample_table(300, seed=1), tmp_path / "a.csv", "csv")
     b = write_table(sample_table(300, seed=2), tmp_path / "b.csv", "csv")
     out = tmp_path / "o.csv"
-    real = pipeline.label_chunk
-    calls = []
-
-    def dies_on_the_third(*args, **kwargs):  # an interrupted run: two chunks committed
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "label_chunk", dies_on_the_third)
+    interrupt_after_two_chunks(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         tag_file([str(a), str(b)], str(out), model=str(tiny_model), chunk_rows=100)
     monkeypatch.undo()
