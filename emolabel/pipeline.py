@@ -467,8 +467,9 @@ class TagOptions:
     def __post_init__(self) -> None:
         from emolabel.detect import delimiter
 
-        if isinstance(self.text_columns, list):  # frozen: set once, here
-            object.__setattr__(self, "text_columns", tuple(self.text_columns))
+        for name in ("columns", "text_columns"):  # lists of names are kept as tuples (frozen: set once, here)
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         if isinstance(self.delimiter, str):  # `\\t` and `tab` are a tab: one place reads them
             object.__setattr__(self, "delimiter", delimiter(self.delimiter))
 
@@ -541,15 +542,12 @@ class TagOptions:
             allowed = (hint,) if typing.get_origin(hint) is tuple else typing.get_args(hint) or (hint,)
             if value is None and type(None) in allowed:
                 continue
-            if name == "columns":
-                if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-                    got = f"{type(value).__name__} {value!r}"
-                    raise TypeError(f"`columns` must be a list of column names (e.g. ['id', 'text']) or None, not {got}.")
-                continue
             base = next(t for t in allowed if t is not type(None))
             if typing.get_origin(base) is tuple:  # a tuple of names
                 if not (isinstance(value, tuple) and all(isinstance(v, str) for v in value)):
-                    raise TypeError(f"`{name}` must be a list or tuple of str, not {type(value).__name__} {value!r}.")
+                    none = " or None" if type(None) in allowed else ""
+                    raise TypeError(f"`{name}` must be a list of column names (e.g. ['id', 'text']){none}, not "
+                                    f"{type(value).__name__} {value!r}.")
                 continue
             what, cls = kinds[base]
             if name == "model":

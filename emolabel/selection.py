@@ -39,8 +39,7 @@ class Selection:
     @classmethod
     def of(cls, options: TagOptions, labels: list[str] | tuple[str, ...], multi_label: bool = False) -> Selection:
         """The selection `options` make for a model with `labels` (TagOptions.check checked the types)."""
-        columns = None if options.columns is None else tuple(options.columns)
-        return cls(tuple(labels), options.prefix, options.min_score, columns, options.probabilities, options.score,
+        return cls(tuple(labels), options.prefix, options.min_score, options.columns, options.probabilities, options.score,
                    options.top_k, multi_label)
 
     def which(self) -> dict[str, Any]:
