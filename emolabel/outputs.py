@@ -13,7 +13,6 @@ import re
 import shutil
 import socket
 import sys
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,15 +246,10 @@ class Writer:
             raise self._os_error(e) from None
 
     def _open_temp(self, target: str) -> IO[bytes]:
-        p = Path(target)
-        _remove_stale_temps(p)
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{_host()}-{os.getpid()}.", suffix=".emolabel-tmp",
-                                       dir=p.parent)
-        except OSError as e:
-            raise OutputError(f"Cannot write {target}: {e.strerror or e}.") from None
-        self.tmp = Path(tmp)
-        return os.fdopen(fd, "wb")
+        from emolabel.safe_write import temp_file_for  # the one way a temporary file is named and made
+
+        self.tmp = temp_file_for(target)
+        return open(self.tmp, "wb")  # noqa: SIM115 - closed by _finish_file / abort
 
     @property
     def stream(self) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,18 +116,11 @@ def _compare(path: str, sha256: str, gold: np.ndarray, p32: np.ndarray, p16: np.
 
 def record(model_dir: str | Path, result: dict[str, Any]) -> Path:
     """Write `result` (from check()) to the model folder's precision-check.json, atomically."""
+    from emolabel.safe_write import atomic_path
+
     path = Path(model_dir) / CHECK_NAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{CHECK_NAME}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(result, indent=2) + "\n")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600: others could not read the model folder's record
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:  # the usual mode, fsync, rename: as every file emolabel writes
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
     return path
 
 
