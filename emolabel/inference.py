@@ -52,11 +52,11 @@ def int8_available() -> bool:
 
 # How each precision runs a lean BERT encoder on the CPU: "invariant" is emolabel.invariant's
 # fixed-shape forward (a row's logits bit-identical whatever its batch: issue 21), "batched" the
-# model's own forward on padded batches. bf16 on the CPU is only worth having invariant (its kernels
-# round differently per shape, up to ~0.03 in probability). fp32 stays batched until a quiet
-# benchmark (bench/cpu_precisions.py, modes fp32 and fp32-invariant) shows the invariant forward
-# costs nothing; batched fp32 agrees across batches to ~1e-6 already. int8 has its own layers.
-CPU_FORWARD = {"fp32": "batched", "bf16": "invariant", "int8": "batched"}
+# model's own forward on padded batches. fp32 and bf16 run invariant: "same text, same label" to the
+# bit, for ~9% of fp32's model step (bench/cpu_precisions.py, fp32 against fp32-batched). bf16 there
+# means bf16 matrix products and fp32 everything else. int8 has its own layers (and moves by batch).
+CPU_FORWARD = {"fp32": "invariant", "bf16": "invariant", "int8": "batched"}
+MATMUL_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def resolve_precision(precision: str, device: torch.device, model_dir: Path | None = None) -> str:
@@ -281,14 +281,16 @@ class Labeler:
             with warnings.catch_warnings():  # torch points to torchao for the future; this API is what 2.x has
                 warnings.simplefilter("ignore")
                 m = quantize_dynamic(m, {torch.nn.Linear: per_channel_dynamic_qconfig})
-        elif self.precision in ("bf16", "fp16"):
+        # The batch-invariant forward where CPU_FORWARD says so; a transformers encoder (not plain BERT)
+        # runs batched whatever the precision. The invariant forward keeps the fp32 weights and casts
+        # the matrix products' own (MATMUL_DTYPE) once.
+        self.invariant = (self.device.type == "cpu" and CPU_FORWARD.get(self.precision) == "invariant"
+                          and supports(m))
+        if self.precision in ("bf16", "fp16") and not self.invariant:
             m = m.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
         self.model = m.to(self.device).eval()
-        # The batch-invariant forward where CPU_FORWARD says so; a transformers encoder (not plain BERT)
-        # runs batched whatever the precision.
-        self.invariant = (self.device.type == "cpu" and CPU_FORWARD.get(self.precision) == "invariant"
-                          and supports(self.model))
-        self.forward = InvariantForward(self.model) if self.invariant else (lambda ids, mask: self.model(ids, mask)[0])
+        self.forward = (InvariantForward(self.model, MATMUL_DTYPE[self.precision]) if self.invariant
+                        else (lambda ids, mask: self.model(ids, mask)[0]))
 
     # -- CPU side: safe to run in a background thread --------------------------------------
 

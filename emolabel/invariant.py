@@ -15,6 +15,13 @@ only (not its neighbours in the tile, nor its place in it; tested). Attention ru
 texts of one length: PyTorch's CPU flash-attention kernel blocks by the sequence length alone and
 gives each (text, head, query block) to one thread. Mean pooling adds a text's token vectors one
 position at a time in fp32 (elementwise sums: no reduction kernel to block differently).
+
+What runs in bf16: the matrix products of the encoder layers only (their inputs and weights
+rounded to bf16, summed in fp32 by oneDNN, the result rounded to bf16), where nearly all the time
+goes. The residual stream, LayerNorm, attention, pooling and the head stay fp32. Measured on the
+shipped model's six validation tables (bench/cpu_precisions.py, issue 21): the whole model in bf16
+lost 2 rows on TEC (0.11 point), more than the 0.1 point allowed; bf16 products alone lost none,
+at the same speed (the casts cost what bf16 LayerNorm and attention saved).
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-TILE = 64  # token rows per kernel call: every matrix product and elementwise step sees (TILE, width)
+TILE = 256  # token rows per kernel call: every matrix product and elementwise step sees (TILE, width).
+# Swept 32-512 (bench/cpu_precisions.py bf16@N): 256 was fastest for bf16, 128-256 for fp32.
 
 
 def supports(model: Any) -> bool:
@@ -46,9 +54,10 @@ def cpu_has_bf16() -> bool:
 class InvariantForward:
     """(ids, mask) padded batch -> (batch, labels) float32 logits, each row a function of its own text.
 
-    Runs in the dtype of `model`'s weights (bf16 or fp32: cast the model first, as Labeler does)."""
+    `model` is in fp32; `matmul_dtype` bf16 runs the encoder's matrix products in bf16 (weights cast
+    once here), fp32 runs everything in fp32."""
 
-    def __init__(self, model: Any, tile: int = TILE):
+    def __init__(self, model: Any, matmul_dtype: torch.dtype = torch.float32, tile: int = TILE):
         if not supports(model):
             raise TypeError("InvariantForward runs emolabel.bert.LeanBert encoders only.")
         enc = model.encoder
@@ -56,13 +65,21 @@ class InvariantForward:
         self.heads = enc.config.num_attention_heads
         self.embeddings = enc.embeddings
         self.layers = list(enc.encoder.layer)
+        self.matmul_dtype = matmul_dtype
         with torch.no_grad():
-            self.qkv = [(torch.cat([s.query.weight, s.key.weight, s.value.weight]),  # (3h, h): one product
-                         torch.cat([s.query.bias, s.key.bias, s.value.bias]))
-                        for s in (layer.attention.self for layer in self.layers)]
+            self.weights = [self._layer_weights(layer) for layer in self.layers]
         self.head = model.head
         self.pooling = model.config.pooling
-        self.dtype = enc.embeddings.word_embeddings.weight.dtype
+
+    def _layer_weights(self, layer: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """A layer's four products' (weight, bias) in matmul_dtype; Q, K and V as one product."""
+        s = layer.attention.self
+        pairs = {"qkv": (torch.cat([s.query.weight, s.key.weight, s.value.weight]),
+                         torch.cat([s.query.bias, s.key.bias, s.value.bias])),
+                 "out": (layer.attention.output.dense.weight, layer.attention.output.dense.bias),
+                 "up": (layer.intermediate.dense.weight, layer.intermediate.dense.bias),
+                 "down": (layer.output.dense.weight, layer.output.dense.bias)}
+        return {k: (w.to(self.matmul_dtype), b.to(self.matmul_dtype)) for k, (w, b) in pairs.items()}
 
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -76,12 +93,11 @@ class InvariantForward:
         flat[:n_tokens, 1] = torch.arange(ids.shape[1]).expand_as(ids)[tokens]
         starts = torch.cumsum(lengths, 0) - lengths  # (batch,): each text's first token
         groups = _runs(lengths.numpy(), starts.numpy())
-        x = self._embed(flat)  # (padded tokens, hidden)
-        for layer, qkv in zip(self.layers, self.qkv):
-            self._layer(layer, qkv, x, n_tokens, groups)
+        x = self._embed(flat)  # (padded tokens, hidden) fp32
+        for layer, weights in zip(self.layers, self.weights):
+            self._layer(layer, weights, x, n_tokens, groups)
         pooled = self._pool(x, starts, groups)  # (batch, hidden) fp32
-        logits = self._head(pooled.to(self.dtype))
-        return logits[torch.argsort(order)]  # back to the batch's own order
+        return self._head(pooled)[torch.argsort(order)]  # back to the batch's own order
 
     def _padded(self, rows: int) -> int:
         return -(-rows // self.tile) * self.tile
@@ -92,29 +108,33 @@ class InvariantForward:
     def _embed(self, flat: torch.Tensor) -> torch.Tensor:
         e = self.embeddings
         type0 = e.token_type_embeddings.weight[0]
-        x = torch.empty(flat.shape[0], type0.shape[0], dtype=self.dtype)
+        x = torch.empty(flat.shape[0], type0.shape[0])
         for s in self._tiles(len(flat)):
             x[s] = e.LayerNorm(e.word_embeddings(flat[s, 0]) + e.position_embeddings(flat[s, 1]) + type0)
         return x
 
-    def _layer(self, layer: Any, qkv_weights: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor,
+    def _layer(self, layer: Any, w: dict[str, tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor,
                n_tokens: int, groups: list[tuple[int, int, int]]) -> None:
-        """One encoder layer, in place on x (padded tokens, hidden)."""
+        """One encoder layer, in place on x (padded tokens, hidden), fp32 between the products."""
         rows, h = x.shape
         d = h // self.heads
-        qkv = torch.empty(rows, 3 * h, dtype=x.dtype)
+        mm = self.matmul_dtype
+        qkv = torch.empty(rows, 3 * h)
         for s in self._tiles(rows):
-            qkv[s] = F.linear(x[s], *qkv_weights)
+            qkv[s] = F.linear(x[s].to(mm), *w["qkv"])
         ctx = torch.empty_like(x)
         ctx[n_tokens:] = 0  # padding rows: read by the tile products, never by a text
         for start, n, length in groups:  # texts of one length: (n, heads, length, d) each of q, k, v
             span = slice(start, start + n * length)
             q, k, v = qkv[span].view(n, length, 3, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)
             ctx[span] = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n * length, h)
-        o, inter, out = layer.attention.output, layer.intermediate, layer.output
+        o, out = layer.attention.output, layer.output
         for s in self._tiles(rows):
-            a = o.LayerNorm(x[s] + o.dense(ctx[s]))
-            x[s] = out.LayerNorm(a + out.dense(layer.act(inter.dense(a))))
+            a = o.LayerNorm(x[s] + F.linear(ctx[s].to(mm), *w["out"]))
+            # the activation between the FFN's products runs in their dtype: a bf16 GELU computes in
+            # fp32 and rounds once, what a cast back to bf16 for the down product would do anyway
+            up = layer.act(F.linear(a.to(mm), *w["up"]))
+            x[s] = out.LayerNorm(a + F.linear(up, *w["down"]))
 
     def _pool(self, x: torch.Tensor, starts: torch.Tensor, groups: list[tuple[int, int, int]]) -> torch.Tensor:
         """(batch, hidden) fp32: each text's [CLS] vector, or the mean of its token vectors."""
@@ -134,7 +154,7 @@ class InvariantForward:
         n = pooled.shape[0]
         rows = self._padded(n)
         padded = torch.cat([pooled, pooled.new_zeros(rows - n, pooled.shape[1])])
-        return torch.cat([self.head(padded[s]) for s in self._tiles(rows)])[:n].float()
+        return torch.cat([self.head(padded[s]) for s in self._tiles(rows)])[:n]
 
 
 def _runs(lengths: np.ndarray, starts: np.ndarray) -> list[tuple[int, int, int]]:

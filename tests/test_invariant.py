@@ -34,9 +34,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def labeler(folder: Path, precision: str, **options) -> inference.Labeler:
-    """A CPU Labeler running the invariant forward (fp32 too, which CPU_FORWARD keeps batched)."""
+    """A CPU Labeler: it runs the invariant forward in fp32 and bf16 (CPU_FORWARD)."""
     lab = inference.Labeler(folder, device="cpu", precision=precision, **options)
-    lab.forward = InvariantForward(lab.model)
+    assert lab.invariant and isinstance(lab.forward, InvariantForward)
     return lab
 
 
@@ -78,14 +78,16 @@ def test_rows_are_bit_identical_whatever_the_batch(models, precision, pooling):
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_the_invariant_forward_computes_the_model(models, pooling):
-    """fp32: the same numbers as the model's own batched forward, to rounding."""
+    """fp32: the same numbers as the model's own batched forward, to rounding. bf16: its matrix
+    products in bf16 (the weights cast once), the model itself and all else in fp32."""
     plain = inference.Labeler(models[pooling], device="cpu", precision="fp32")
-    assert not plain.invariant  # CPU_FORWARD keeps fp32 batched
+    plain.forward = lambda ids, mask: plain.model(ids, mask)[0]  # the model's own forward, padded batches
     expected = probs(plain, TEXTS)
     got = probs(labeler(models[pooling], "fp32"), TEXTS)
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    bf16 = inference.Labeler(models[pooling], device="cpu", precision="bf16")
-    assert bf16.invariant and isinstance(bf16.forward, InvariantForward)
+    bf16 = labeler(models[pooling], "bf16")
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+    assert {w.dtype for layer in bf16.forward.weights for pair in layer.values() for w in pair} == {torch.bfloat16}
     assert (probs(bf16, TEXTS).argmax(1) == expected.argmax(1)).mean() > 0.9
 
 
