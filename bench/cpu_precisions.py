@@ -9,19 +9,26 @@ and labels changed, against the same precision's own first run).
 
     python bench/cpu_precisions.py                                  # all modes, ~5 minutes on 2 cores
     python bench/cpu_precisions.py --modes fp32,int8-token --repeats 3
-    python bench/cpu_precisions.py --modes fp32,fp32-invariant,bf16,bf16@32,bf16@128,bf16-batched
+    python bench/cpu_precisions.py --modes fp32-batched,fp32,bf16,bf16@128,bf16@512,fp32@128
 
-Modes: fp32 (the default: the model's own forward on padded batches); fp32-invariant (the batch-
-invariant forward of emolabel/invariant.py in fp32); bf16 (`--precision bf16`: the whole model in
-bfloat16, run by the batch-invariant forward); bf16-batched (bf16 on padded batches, what
-`--precision bf16` was before the invariant forward: faster or not, its rows move with the batch);
-int8 (torch's dynamic quantization, one activation scale per batch tensor: `--precision int8`);
-and ones emolabel does not offer, measured to decide: int8-token (an activation scale per token,
-so the integer matrix products are exact and shape-independent, dequantized in fp32) and
-bf16-matmul (bf16 weights and matrix-product inputs, everything else fp32); onnxruntime (the
-model exported to ONNX, fp32, run by ONNX Runtime; only where `onnxruntime` and `onnx` are
-installed). An invariant mode takes the rows per kernel call after an @ (bf16@32: tiles of 32
-token rows; emolabel uses invariant.TILE), to find the tile that keeps the speed.
+Modes: fp32 (the default where no bf16 check passed: the batch-invariant forward of
+emolabel/invariant.py in fp32); fp32-batched (the model's own forward on padded batches: the CPU
+default before issue 21, "today's fp32", the baseline the speed ratios are taken against when it
+is measured); bf16 (`--precision bf16`, and auto's choice for a model that passed check-bf16: the
+invariant forward with bf16 matrix products, fp32 between them); bf16-batched (the whole model
+cast to bf16 on padded batches, what `--precision bf16` was before issue 21: its rows move with
+the batch); int8 (torch's dynamic quantization, one activation scale per batch tensor:
+`--precision int8`); and ones emolabel does not offer, measured to decide: int8-token (an
+activation scale per token, so the integer matrix products are exact and shape-independent,
+dequantized in fp32: if it is not faster than bf16 batched, an invariant int8 is not either) and
+bf16-matmul (bf16 matrix products on padded batches, everything else fp32); onnxruntime (the model
+exported to ONNX, fp32, run by ONNX Runtime; only where `onnxruntime` and `onnx` are installed).
+An invariant mode takes the rows per kernel call after an @ (bf16@128: tiles of 128 token rows;
+emolabel uses invariant.TILE), to find the tile that keeps the speed.
+
+Invariance: each mode's probabilities against its own first run with the rows shuffled,
+reversed, shuffled at --batch-size 1 and 8, cut into chunks of 300, on 1 thread instead of all,
+and 200 rows labelled one at a time (largest |difference| and labels changed).
 """
 
 from __future__ import annotations
@@ -46,10 +53,10 @@ import torch.nn.functional as F  # noqa: E402
 from emolabel import bert  # noqa: E402
 from emolabel.config import default_model_dir  # noqa: E402
 from emolabel.inference import Labeler  # noqa: E402
-from emolabel.invariant import TILE, InvariantForward  # noqa: E402
+from emolabel.invariant import InvariantForward  # noqa: E402
 from emolabel.labels import softmax  # noqa: E402
 
-MODES = ["fp32", "fp32-invariant", "bf16", "bf16-batched", "int8", "int8-token", "bf16-matmul", "onnxruntime"]
+MODES = ["fp32-batched", "fp32", "bf16", "bf16-batched", "int8", "int8-token", "bf16-matmul", "onnxruntime"]
 
 
 # -- the two arithmetics emolabel does not offer --------------------------------------------------
@@ -145,12 +152,13 @@ class OnnxLabeler:
 
 def make(mode: str, model: Path, tmp: Path):
     name, _, tile = mode.partition("@")
-    if name in ("fp32", "bf16", "int8", "fp32-invariant", "bf16-batched"):
+    if name in ("fp32", "bf16", "int8", "fp32-batched", "bf16-batched"):
         lab = Labeler(model, device="cpu", precision=name.split("-")[0])
-        if name == "bf16-batched":  # the model's own forward, as --precision bf16 ran before issue 21
-            lab.forward = lambda ids, mask: lab.model(ids, mask)[0]
-        elif name in ("bf16", "fp32-invariant"):
-            lab.forward = InvariantForward(lab.model, int(tile or TILE))
+        if name.endswith("-batched"):  # the model's own forward, as the CPU ran before issue 21
+            model_ = lab.model.to(torch.bfloat16) if name == "bf16-batched" else lab.model
+            lab.forward = lambda ids, mask: model_(ids, mask)[0]
+        elif tile:
+            lab.forward = InvariantForward(lab.model, lab.forward.matmul_dtype, int(tile))
         return lab
     lab = Labeler(model, device="cpu", precision="fp32")
     if mode == "onnxruntime":
@@ -161,6 +169,7 @@ def make(mode: str, model: Path, tmp: Path):
         patch_layers(lab, _int8_pack, _int8_token_linear)
     else:
         patch_layers(lab, _bf16_pack, _bf16_linear)
+    lab.forward = lambda ids, mask: lab.model(ids, mask)[0]  # the patched layers run in the model's own forward
     return lab
 
 
@@ -191,10 +200,18 @@ def measure(mode: str, model: Path, texts: list[str], gold: np.ndarray, repeats:
     others = {
         "shuffled": label(lab, shuffled)[back],
         "reversed": label(lab, texts[::-1])[::-1],
+        "shuffled_batch_1": label(lab, shuffled, batch_size=1)[back],
         "shuffled_batch_8": label(lab, shuffled, batch_size=8)[back],
         "chunks_of_300": label(lab, texts, chunk=300),
         "one_at_a_time": label(lab, texts[:200], chunk=1),
     }
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+        try:
+            others["one_thread"] = label(lab, shuffled)[back]
+        finally:
+            torch.set_num_threads(threads)
     moved = {}
     for name, p in others.items():
         ref = probs[: len(p)]
@@ -231,13 +248,14 @@ def main() -> None:
                 continue
         r = measure(mode, model, texts, gold, args.repeats, tmp)
         results.append(r)
-    base = next((r for r in results if r["mode"] == "fp32"), None)
+    base = next((r for r in results if r["mode"] == "fp32-batched"), None)  # today's fp32, where measured
+    base = base or next((r for r in results if r["mode"] == "fp32"), None)
     for r in results:
         out = {k: v for k, v in r.items() if k != "probs"}
         out["rows_per_s"] = round(r["rows"] / r["seconds"])
         if base is not None:
-            out["speed_vs_fp32"] = round(base["seconds"] / r["seconds"], 2)
-            out["vs_fp32"] = {"max_prob_diff": float(np.abs(r["probs"] - base["probs"]).max()),
+            out["speed_vs_" + base["mode"]] = round(base["seconds"] / r["seconds"], 2)
+            out["vs_" + base["mode"]] = {"max_prob_diff": float(np.abs(r["probs"] - base["probs"]).max()),
                               "labels_differ": int((r["probs"].argmax(1) != base["probs"].argmax(1)).sum())}
         print(json.dumps(out))
 

@@ -7,6 +7,13 @@ change its speed). Prints rows/s, the ratio, and each process's peak RSS.
     python bench/throughput.py --rows 20000 --baseline-rows 2000              # CPU, shipped model
     python bench/throughput.py --device cuda --rows 1000000 --baseline-rows 20000 --input parquet
     python bench/throughput.py --device cuda --shape bert-base --rows 400000 --baseline-rows 10000
+
+Against another commit of emolabel, in the same run (issue 21: the new default against "today's
+fp32"): `--against REF` checks REF out into a temporary folder and runs its `emolabel tag` on the
+same input and model, alternated with this tree's (REF first in each round), with
+`--against-precision` (default fp32); the medians and their ratio are printed.
+
+    python bench/throughput.py --rows 20000 --repeats 3 --skip-baseline --against e1a0b01
 """
 
 from __future__ import annotations
@@ -95,6 +102,15 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "rows": len(texts)}), fil
 '''
 
 
+def against_checkout(ref: str, tmp: Path) -> dict:
+    """An environment whose `python -m emolabel` is the package as it was at git commit `ref`."""
+    folder = tmp / f"emolabel-{ref}"
+    folder.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "emolabel"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return dict(os.environ, PYTHONPATH=str(folder))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=20000, help="rows for emolabel")
@@ -110,6 +126,8 @@ def main() -> None:
     ap.add_argument("--extra", default="", help="extra options for emolabel tag, e.g. '--batch-size 128'")
     ap.add_argument("--json", type=Path, help="append the result as a JSON line here")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--against", metavar="REF", help="also time emolabel at this git commit, alternated")
+    ap.add_argument("--against-precision", default="fp32", help="--precision for the --against commit")
     args = ap.parse_args()
 
     sys.path.insert(0, str(REPO))
@@ -131,13 +149,19 @@ def main() -> None:
     inputs = write_inputs(texts, args.rows, tmp)
     env = dict(os.environ, PYTHONPATH=str(REPO))
 
-    times, rss = [], []
-    for _ in range(args.repeats):
-        out = tmp / "out.parquet"
-        cmd = [sys.executable, "-m", "emolabel", "tag", str(inputs[args.input]), "-o", str(out), "--overwrite",
-               "--model", str(model_dir), "--device", args.device, "--precision", args.precision, "-q",
+    def tag(env: dict, precision: str) -> tuple[float, float]:
+        cmd = [sys.executable, "-m", "emolabel", "tag", str(inputs[args.input]), "-o", str(tmp / "out.parquet"),
+               "--overwrite", "--model", str(model_dir), "--device", args.device, "--precision", precision, "-q",
                *args.extra.split()]
         wall, peak, _ = run_with_rss(cmd, env)
+        return wall, peak
+
+    against_env = against_checkout(args.against, tmp) if args.against else None
+    times, rss, theirs_t = [], [], []
+    for _ in range(args.repeats):
+        if against_env:
+            theirs_t.append(tag(against_env, args.against_precision)[0])
+        wall, peak = tag(env, args.precision)
         times.append(wall)
         rss.append(peak)
     times.sort()
@@ -146,6 +170,11 @@ def main() -> None:
               "shape": shape, "rows": args.rows, "input": args.input, "precision": args.precision,
               "emolabel_rows_per_s": round(ours), "emolabel_seconds": [round(t, 2) for t in times],
               "emolabel_peak_rss_mb": round(max(rss))}
+    if against_env:
+        theirs = args.rows / sorted(theirs_t)[len(theirs_t) // 2]
+        result |= {"against": args.against, "against_precision": args.against_precision,
+                   "against_rows_per_s": round(theirs), "against_seconds": [round(t, 2) for t in theirs_t],
+                   "ratio_to_against": round(ours / theirs, 2)}
     if args.device.startswith("cuda"):
         import torch
 

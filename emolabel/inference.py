@@ -59,31 +59,35 @@ CPU_FORWARD = {"fp32": "invariant", "bf16": "invariant", "int8": "batched"}
 MATMUL_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def resolve_precision(precision: str, device: torch.device, model_dir: Path | None = None) -> str:
-    """'auto' is bf16 on a GPU that has it (fp16 otherwise). On the CPU it is bf16 (the batch-
-    invariant forward) where the CPU has bf16 units and `model_dir` records a passing bf16 check
-    (precision_check: labels as fp32's on its validation tables), fp32 otherwise.
+def resolve_precision(precision: str, device: torch.device, model_dir: Path | None = None) -> tuple[str, str]:
+    """(precision, why) for `precision` on `device`. 'auto' is bf16 on a GPU that has it (fp16
+    otherwise). On the CPU it is bf16 (bf16 matrix products in the batch-invariant forward) where
+    the CPU has bf16 units and `model_dir` records a passing bf16 check on the weights it holds
+    (precision_check: accuracy and labels as fp32's on each validation table), fp32 otherwise.
 
-    Why not int8 on the CPU, although it is 1.6-2x faster: dynamic quantization scales the
-    activations by the largest value in the whole batch tensor, so a row's probabilities (and
-    on the shipped model 1% of its labels) depended on the rows batched with it. fp32 keeps a
-    row's output a function of its text alone (to ~1e-6: BLAS sums small matrices in another
-    order). `--precision int8` stays available where that trade is wanted.
+    Why not int8 on the CPU, although it was 1.6-2x faster than fp32: dynamic quantization scales
+    the activations by the largest value in the whole batch tensor, so a row's probabilities (and
+    on the shipped model 1% of its labels) depended on the rows batched with it, and the invariant
+    bf16 path is faster still. `--precision int8` stays available where that trade is wanted.
     """
     if precision not in PRECISIONS:
         raise OptionError(f"Unknown `precision` {precision!r}: use {', '.join(PRECISIONS)}.")
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        from emolabel import precision_check
-
-        return "bf16" if model_dir is not None and cpu_has_bf16() and precision_check.passed(model_dir) else "fp32"
     if precision == "int8" and device.type != "cpu":
         raise OptionError("`precision` int8 is a CPU path; on a GPU use bf16 or fp16.")
     if precision == "int8" and not int8_available():
         raise OptionError("`precision` int8 needs the fbgemm or qnnpack engine, which this torch build lacks; "
                           "use fp32.")
-    return precision
+    if precision != "auto":
+        return precision, "asked for"
+    if device.type == "cuda":
+        return ("bf16", "auto: the GPU has bf16") if torch.cuda.is_bf16_supported() else ("fp16", "auto: no bf16 on this GPU")
+    from emolabel import precision_check
+
+    if not cpu_has_bf16():
+        return "fp32", "auto: this CPU has no bf16 units"
+    if model_dir is None or not precision_check.passed(model_dir):
+        return "fp32", "auto: no passing `emolabel check-bf16` record for these weights"
+    return "bf16", "auto: these weights passed `emolabel check-bf16`"
 
 
 def load_tokenizer(folder: Path, max_length: int, tokenizer=None):  # -> tokenizers.Tokenizer
@@ -249,7 +253,7 @@ class Labeler:
                            max_tokens=max_tokens, max_length=max_length, threads=threads)
         self.device = resolve_device(device)
         self.model_dir = Path(model_dir)
-        self.precision = resolve_precision(precision, self.device, self.model_dir)
+        self.precision, self.precision_reason = resolve_precision(precision, self.device, self.model_dir)
         if threads:
             torch.set_num_threads(threads)
         # emolabel's own folder or a transformers classifier: the same Settings and forward either way
