@@ -1,5 +1,5 @@
-"""Every touch of Ray's internals, in one place (Ray 2.60). Imported only by ray_engine, inside
-functions, so `import emolabel` never needs Ray.
+"""Ray's start (signals left to the caller) and every touch of Ray's internals, in one place
+(Ray 2.60). Imported only by ray_engine, inside functions, so `import emolabel` never needs Ray.
 
 Each piece says what it relies on and why; when Ray is upgraded, this module is what to re-check.
 """
@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,9 +41,9 @@ def is_local(ray_address: str | None) -> bool:
     return ray_address in (None, "local") and not os.environ.get("RAY_ADDRESS")
 
 
-def start(ray: Any, ray_address: str | None, num_cpus: int, signals: Signals) -> bool:
-    """Start or join Ray unless this process already did; True if started here. A SIGINT or
-    SIGTERM meanwhile is acted on once ray.init has returned (Signals.through_init)."""
+def start(ray: Any, ray_address: str | None, num_cpus: int) -> bool:
+    """Start or join Ray unless this process already did; True if started here. ray.init runs in a
+    helper thread while this one waits, so a signal's exception is raised here (see signals_kept)."""
     if ray.is_initialized():
         return False
     local = is_local(ray_address)
@@ -53,159 +54,76 @@ def start(ray: Any, ray_address: str | None, num_cpus: int, signals: Signals) ->
                                   logging_level=logging.WARNING, configure_logging=True)
     if local:
         kwargs["num_cpus"] = num_cpus
-    try:
-        with signals.through_init(ray):
+    done, failed = threading.Event(), []
+
+    def init() -> None:
+        try:
             ray.init(**kwargs)
-        signals.check()
-    except BaseException as e:
-        with contextlib.suppress(Exception):  # what a half-done or interrupted start left running
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            failed.append(e)
+        done.set()
+        # Ray's processes get SIGKILL when the thread that started them ends (PR_SET_PDEATHSIG)
+        while ray.is_initialized():
+            time.sleep(0.5)
+
+    worker_log = logging.getLogger("ray._private.worker")
+    worker_log.addFilter(_off_main_thread_note)
+    try:
+        threading.Thread(target=init, name="emolabel-ray-init", daemon=True).start()
+        done.wait()
+    except BaseException:  # a signal: let ray.init finish, so that ray.shutdown() stops all it started
+        done.wait()
+        with contextlib.suppress(Exception):
             ray.shutdown()
-        signals.check()
-        if not isinstance(e, Exception):
-            raise
+        raise
+    finally:
+        worker_log.removeFilter(_off_main_thread_note)
+        _rearm()  # ray.init's core worker put its C++ SIGTERM handler (a stack dump) in front of Python's
+    if failed:
+        with contextlib.suppress(Exception):  # what a half-done start left running
+            ray.shutdown()
         where = f"the Ray cluster at {ray_address}" if ray_address else "a local Ray"
-        raise EmolabelError(f"Cannot start or join {where}: {e}") from None
+        raise EmolabelError(f"Cannot start or join {where}: {failed[0]}") from None
     return True
 
 
-class Signals:
-    """SIGINT and SIGTERM stay the caller's while Ray runs in this process: the CLI's handlers
-    raise an exception that ends in exit 130/143 and one line, after the cleanup.
-
-    Ray 2.60's ray.init takes SIGTERM over twice: in Python (`sys.exit(15)`, and the head node's
-    kill-and-`sys.exit(1)`, both set through `ray._private.utils.set_sigterm_handler`) and in C++
-    (making `ray._raylet.CoreWorker` sets absl's failure-signal handler, which prints a stack dump
-    before it passes the signal on; ray.shutdown() then leaves SIGTERM at SIG_DFL). And Ray
-    catches `Exception` in places (Ray Data re-raises it from a `SystemException`; start-up code
-    logs it and carries on), which the CLI's exception is. So, in the main thread (the only one
-    where Python runs handlers, and may set them):
-
-    * each handler is wrapped to remember what it raised (`raised`); check() raises it again
-      wherever Ray may have caught it, so the caller gets it back and not a job failure;
-    * through_init(): Ray's Python SIGTERM handlers are not set where the caller has a handler of
-      its own, and a first signal waits until ray.init returns (a second acts at once), so that
-      ray.shutdown() finds a whole Ray to stop (an interrupted start left Ray's agents running);
-    * right after the CoreWorker is made, after ray.init and on exit the handlers are set again,
-      which puts Python's C-level handler back in front of absl's for SIGINT and SIGTERM (the
-      other fatal signals keep absl's). A SIGTERM while the CoreWorker is being made (about a
-      second) still meets absl's first: its dump is printed, then it is handled as any other.
-
-    Where the caller has no handler (SIG_DFL), Ray's own is kept, wrapped. On exit the caller's
-    handlers are put back, unless its handler replaced itself meanwhile (the CLI's ignores a second
-    signal while it cleans up).
-
-    Ctrl-C reaches only the driver (Ray's processes block SIGINT). A SIGTERM to the whole process
-    group or cgroup also stops Ray's raylet, and the driver's Ray core then may end the process at
-    once (exit 1, "connection to the plasma store is failed") before the cleanup: a race. After
-    that, or a kill -9, Ray's processes stop by themselves (fate sharing; its agents within about
-    a minute) and the next run to the same output removes the temporary folder.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.active = threading.current_thread() is threading.main_thread()
-        self.saved: dict[int, Any] = {s: signal.getsignal(s) for s in self.SIGNALS} if self.active else {}
-        self.raised: BaseException | None = None
-        self.pending: int | None = None  # a signal that came during ray.init
-        self.mine: list[Callable[[int, Any], Any]] = []  # the wrappers set here
-
-    def __enter__(self) -> Signals:
-        self._install()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, saved in self.saved.items():
-            now = signal.getsignal(s)
-            handler = saved if now in self.mine else now
-            if handler is not None:
-                signal.signal(s, handler)
-
-    def check(self) -> None:
-        """Act on a signal held back during ray.init; raise again what a handler raised."""
-        if self.pending is not None and self.raised is None:
-            signum, self.pending = self.pending, None
-            handler = signal.getsignal(signum)
-            if callable(handler):
-                handler(signum, None)
-        if self.raised is not None:
-            raise self.raised
-
-    @contextlib.contextmanager
-    def through_init(self, ray: Any) -> Iterator[None]:
-        """ray.init with the caller's handlers holding a first signal back (see the class)."""
-        if not self.active:
-            yield
-            return
-        own = [s for s, h in self.saved.items() if callable(h)]
-
-        def core_worker(*args: Any, **kwargs: Any) -> Any:
-            worker = make_core_worker(*args, **kwargs)  # its C++ side has just set absl's handler
-            for s in own:
-                signal.signal(s, signal.getsignal(s))  # Python's C-level handler in front again
-            return worker
-
-        raylet = getattr(ray, "_raylet", None)
-        utils = getattr(getattr(ray, "_private", None), "utils", None)
-        make_core_worker = getattr(raylet, "CoreWorker", None)
-        patches = [(raylet, "CoreWorker", core_worker)] if make_core_worker else []
-        if signal.SIGTERM in own and hasattr(utils, "set_sigterm_handler"):  # Ray's would exit 15 or 1
-            patches.append((utils, "set_sigterm_handler", lambda handler: None))
-        for s in own:
-            signal.signal(s, self._held(self.saved[s]))
-        with contextlib.ExitStack() as stack:
-            for obj, name, value in patches:
-                stack.enter_context(_replaced(obj, name, value))
-            stack.callback(self._install)
-            yield
-
-    def _install(self) -> None:
-        """The caller's handlers, wrapped (unless its handler has put another in place, which is
-        kept); where it has none (SIG_DFL), whatever Ray put there, wrapped."""
-        for s, saved in self.saved.items():
-            now = signal.getsignal(s)
-            if callable(saved):
-                handler = self._relay(saved) if now is saved or now in self.mine else now
-            elif saved == signal.SIG_IGN:
-                handler = saved
-            else:
-                handler = self._relay(now) if callable(now) and now not in self.mine else now
-            if handler is not None:
-                signal.signal(s, handler)
-
-    def _relay(self, handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
-        def on_signal(signum: int, frame: Any) -> Any:
-            try:
-                return handler(signum, frame)
-            except BaseException as e:
-                self.raised = e
-                raise
-
-        self.mine.append(on_signal)
-        return on_signal
-
-    def _held(self, handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
-        relay = self._relay(handler)
-
-        def on_signal(signum: int, frame: Any) -> Any:
-            if self.pending is None:
-                self.pending = signum
-                return None
-            return relay(signum, frame)
-
-        self.mine.append(on_signal)
-        return on_signal
-
-
 @contextlib.contextmanager
-def _replaced(obj: Any, name: str, value: Any) -> Iterator[None]:
-    """`obj.name` is `value` inside the block (a Ray internal, only while ray.init runs)."""
-    original = getattr(obj, name)
-    setattr(obj, name, value)
+def signals_kept() -> Iterator[None]:
+    """SIGINT and SIGTERM stay with the caller's handlers while Ray starts, runs and stops here
+    (the CLI's raise emolabel.signals.Interrupted: exit 130/143 after the cleanup; Python's
+    defaults: KeyboardInterrupt, and SIGTERM ends the process uncleaned). Public API only:
+    ray.init runs in a helper thread (start), so Ray sets no Python handler and a signal's
+    exception is raised in the waiting main thread, not in Ray's start-up code (which catches
+    Exception); setting each handler again after ray.init and here on exit removes Ray's C++
+    SIGTERM handler (a stack dump) and the SIG_DFL that ray.shutdown() leaves.
+
+    Accepted differences (a private patch could avoid them): a SIGTERM in the second between Ray's
+    core worker starting and ray.init returning prints Ray's stack dump before it is handled; an
+    exception from a handler that Ray's code catches during the job is lost (the job finishes); a
+    handler raising an Exception other than Interrupted reads as a failed job. A SIGTERM to the
+    whole process group also stops Ray's raylet, which may end the driver at once (exit 1): a race.
+    Then, or after a kill -9, Ray's processes stop by themselves (fate sharing, within about a
+    minute) and the next run to the same output removes the temporary folder.
+    """
     try:
         yield
     finally:
-        setattr(obj, name, original)
+        _rearm()
+
+
+def _rearm() -> None:
+    """Each SIGINT/SIGTERM handler set again (main thread only): Python's C handler back in front."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(s)
+        if handler is not None:
+            signal.signal(s, handler)
+
+
+def _off_main_thread_note(record: logging.LogRecord) -> bool:
+    """Not Ray's warning that ray.init, off the main thread, sets no SIGTERM handler: the point here."""
+    return not record.getMessage().startswith("SIGTERM handler is not set")
 
 
 def check_fits(ray: Any, workers: int, cpus: float, gpus: float) -> None:

@@ -25,7 +25,7 @@ internals are touched only in emolabel.ray_adapter. Install with `pip install 'e
   rename: parts go in place and only `_SUCCESS` tells a finished output.
 
 Signals: Ctrl-C and SIGTERM end a job as they end a local run (exit 130/143, one line, Ray's
-processes stopped); ray_adapter.Signals says how, and what a kill -9 leaves.
+processes stopped); ray_adapter.signals_kept says how, what differs, and what a kill -9 leaves.
 
 Limits: on a cluster, local inputs and the model folder must be on every node (or use object-store
 inputs); one format and one filesystem per job; no row order (join on the id). Ray's core prints
@@ -51,7 +51,8 @@ import pyarrow as pa
 from emolabel import outputs, tables
 from emolabel.errors import EmolabelError, InputError, OptionError
 from emolabel.pipeline import Summary, TagOptions
-from emolabel.ray_adapter import RAY_MISSING, READ_WRITE_CPUS, Signals
+from emolabel.ray_adapter import RAY_MISSING, READ_WRITE_CPUS
+from emolabel.signals import Interrupted
 
 __all__ = ["RAY_MISSING", "RayEngine", "tag_with_ray"]
 CRASH_ENV = "EMOLABEL_RAY_CRASH_ONCE"  # tests only: names a marker file; the first actor to create it dies
@@ -130,15 +131,15 @@ class RayEngine:
             raise InputError("Inputs mix filesystems (local paths and URIs, or several schemes); use one per job.")
 
         ray = adapter.import_ray()
-        with adapter.Signals() as signals:  # SIGINT/SIGTERM stay the caller's (the CLI: exit 130/143)
-            started_here = adapter.start(ray, self.ray_address, available_cpus(), signals)
+        with adapter.signals_kept():  # SIGINT/SIGTERM stay the caller's (the CLI: exit 130/143)
+            started_here = adapter.start(ray, self.ray_address, available_cpus())
             startup = time.perf_counter() - started
             try:
                 if started_here and adapter.is_local(self.ray_address):  # a pool that cannot fit would wait forever
                     adapter.check_fits(ray, pool if isinstance(pool, int) else pool[0], self.cpus_per_worker,
                                        self.gpus_per_worker)
                 with adapter.quiet():
-                    summary = self._job(ray, paths, fmt, output, opts, labels, model, pool, signals, first)
+                    summary = self._job(ray, paths, fmt, output, opts, labels, model, pool, first)
             finally:
                 if started_here:  # also on a signal: Ray's raylet, GCS and workers end with this process
                     ray.shutdown()
@@ -155,7 +156,7 @@ class RayEngine:
         return opts.read_options(json_out=opts.output_format == tables.Format.JSONL.value, reserved=added)
 
     def _job(self, ray: Any, paths: list[str], fmt: tables.Format, output: str, opts: TagOptions,
-             labels: list[str], model: Path, pool: int | tuple[int, int], signals: Signals,
+             labels: list[str], model: Path, pool: int | tuple[int, int],
              first: pa.Schema | None) -> Summary:
         import pyarrow.fs as pafs
         from ray.data import ActorPoolStrategy, TaskPoolStrategy
@@ -207,15 +208,15 @@ class RayEngine:
                 with warnings.catch_warnings():  # Ray's note that a small input cannot use every task slot
                     warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
                     ds.write_datasink(sink, ray_remote_args={"num_cpus": READ_WRITE_CPUS}, concurrency=io_tasks)
+            except Interrupted:  # Ctrl-C or kill: Ray Data re-raised it (from a SystemException of its own)
+                raise
             except Exception as e:  # noqa: BLE001 - Ray wraps our errors; find ours, else name the inputs
-                signals.check()  # Ctrl-C or kill: Ray Data re-raised it as a failure of its own
                 ours = adapter.emolabel_error(e)
                 if ours is not None:
                     raise ours from None
                 first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                 raise EmolabelError(f"The Ray job labelling {', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''} "
                                     f"failed: {first} (Ray's logs: /tmp/ray/session_latest/logs/)") from e
-            signals.check()  # a signal that Ray caught on the way and carried on
             summary = Summary(engine=self.name, output=output, types={f.name: str(f.type) for f in first}
                               if opts.detect_types and first is not None else {})
             for stats in sink.results:

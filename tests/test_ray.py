@@ -6,14 +6,10 @@ Each job runs in a thread with a deadline (pytest-timeout is not a dependency), 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +21,6 @@ from conftest import PATIENCE
 from helpers import invoke
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs Ray: pip install 'emolabel[ray]'")
-psutil = pytest.importorskip("psutil")  # the run's Ray processes, in the signal tests
 # Ray Data's own start-up notices, not ours
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),
               pytest.mark.filterwarnings("ignore:The maximum number of concurrent tasks:UserWarning")]
@@ -309,136 +304,6 @@ def test_reader_and_labeler_options_are_honoured_as_the_local_engine_does(tiny_m
     counts = [re.search(r"tagged 61 rows .*? -> [^;]*; (.*)", err).group(1) for err in (local.stderr, ray_run.stderr)]
     assert counts[0] == counts[1] and "1 empty" in counts[0] and "uncertain" in counts[0]
     assert re.search(r"[1-9]\d* truncated", counts[0])
-
-
-# -- signals and kill -9 on `emolabel tag --engine ray`, in real subprocesses ---------------------
-
-@pytest.fixture(scope="module")
-def slow_input(tmp_path_factory):
-    """Enough rows at --chunk-rows 64 that the job is still labelling when the signal comes."""
-    path = tmp_path_factory.mktemp("slow") / "big.parquet"
-    pq.write_table(pa.table({"text": [f"{WORDS[i % len(WORDS)]} {i}" for i in range(200_000)]}), path)
-    return path
-
-
-def start_tag(src: Path, out: Path, model: Path, log: Path, new_session: bool = False) -> subprocess.Popen:
-    """`emolabel tag SRC -o OUT --engine ray` in the background; stderr to `log` (a pipe nobody
-    reads while we wait could fill and stall the run)."""
-    env = dict(os.environ)
-    env.pop("EMOLABEL_MODEL", None)
-    with open(log, "wb") as err:
-        return subprocess.Popen([sys.executable, "-m", "emolabel", "tag", str(src), "-o", str(out), "--engine", "ray",
-                                 "--workers", "1", "--model", str(model), "--chunk-rows", "64"],
-                                stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=new_session,
-                                cwd=Path(__file__).resolve().parents[1])
-
-
-def wait_until(proc: subprocess.Popen, out: Path, log: Path, when: str) -> set:
-    """Until the run is "labelling" (a part file is in its temporary folder: Ray is up, the actor
-    labels, the writers write) or "starting" (Ray's GCS server runs: ray.init is under way); then
-    the run's processes so far (the driver's descendants: Ray's GCS, raylet, agents, workers)."""
-    end = time.monotonic() + PATIENCE
-    procs: set = set()
-    while time.monotonic() < end:
-        assert proc.poll() is None, f"the run ended before it was interrupted:\n{log.read_text()}"
-        with contextlib.suppress(psutil.Error):
-            procs |= set(psutil.Process(proc.pid).children(recursive=True))
-        if when == "starting":
-            with contextlib.suppress(psutil.Error):
-                if any(p.name() == "gcs_server" for p in procs):
-                    return procs
-        elif any(any(tmp.iterdir()) for tmp in out.parent.glob(f"{out.name}.emolabel-tmp-*")):
-            with contextlib.suppress(psutil.Error):
-                procs |= set(psutil.Process(proc.pid).children(recursive=True))
-            return procs
-        time.sleep(0.1)
-    raise AssertionError(f"not {when} within {PATIENCE}s:\n{log.read_text()}")
-
-
-def still_running(procs: set, driver: int, patience: float = PATIENCE) -> list[str]:
-    """The processes of `procs`, and any naming the Ray session of the `driver` pid (its GCS,
-    raylet, monitors: /tmp/ray/session_<time>_<pid>), still running after up to `patience`
-    seconds (zombies count as gone)."""
-    session = re.compile(rf"/session_[\d_-]+_{driver}(/|$)")
-    end = time.monotonic() + patience
-    while True:
-        alive = []
-        for p in procs | set(psutil.process_iter()):
-            with contextlib.suppress(psutil.Error):
-                if p in procs or any(session.search(arg) for arg in p.cmdline()):
-                    if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                        alive.append(f"{p.pid} {p.name()}")
-        if not alive or time.monotonic() > end:
-            return alive
-        time.sleep(0.5)
-
-
-@pytest.mark.parametrize("sig,code,to,when", [
-    pytest.param(signal.SIGINT, 130, "group", "labelling", id="ctrl-c"),
-    pytest.param(signal.SIGTERM, 143, "pid", "labelling", id="kill"),
-    pytest.param(signal.SIGTERM, 143, "pid", "starting", id="kill-during-ray-init"),
-])
-def test_a_signal_exits_128_plus_it_and_leaves_no_output_and_no_ray_process(tiny_model, slow_input, tmp_path,
-                                                                             sig, code, to, when):
-    """Ctrl-C (SIGINT to the terminal's process group), `kill` (SIGTERM to the pid), and a kill
-    while Ray starts: the local engine's exit code and line, no traceback and no C++ stack dump, no
-    temporary folder, and none of the run's Ray processes left running. (It was exit 1 "The Ray job
-    ... failed: SIGINT"; exit 15 after a C++ stack dump; during ray.init exit 15, or, where Ray's
-    start-up code caught it, exit 0 with every row labelled.) SIGTERM to the whole group is not
-    here: Ray's raylet gets it too, and the driver's Ray core may end the process first (exit 1),
-    a race (ray_engine's docstring)."""
-    out = tmp_path / "out"
-    log = tmp_path / "stderr.txt"
-    proc = start_tag(slow_input, out, tiny_model, log, new_session=to == "group")
-    procs = wait_until(proc, out, log, when)
-    os.killpg(proc.pid, sig) if to == "group" else proc.send_signal(sig)
-    assert proc.wait(PATIENCE) == code, log.read_text()
-    err = log.read_text()
-    assert err.splitlines()[-1] == (f"Interrupted ({sig.name}). Nothing was written to {out}. "
-                                    "Run the same command again to start over."), err
-    assert "Traceback" not in err and "*** SIG" not in err and "logging.cc" not in err, err
-    assert not out.exists() and siblings(out) == []
-    assert still_running(procs, proc.pid) == []
-
-
-def test_kill_9_leaves_a_temp_folder_the_next_run_removes_and_ray_stops_by_itself(tiny_model, slow_input, tmp_path):
-    """kill -9 cannot clean up: the temporary folder stays until the next run to that output, which
-    removes it because its owner (host and pid in the name) is dead; Ray's processes of the killed
-    run end by themselves (Ray's fate sharing: about a minute for its agents, measured)."""
-    out = tmp_path / "out"
-    log = tmp_path / "stderr.txt"
-    proc = start_tag(slow_input, out, tiny_model, log)
-    procs = wait_until(proc, out, log, "labelling")
-    proc.kill()
-    proc.wait(PATIENCE)
-    stale = siblings(out)
-    assert len(stale) == 1 and f"-{proc.pid}-" in stale[0]
-    small = tmp_path / "small.csv"
-    small.write_text("text\ni feel happy\ni am scared\n")
-    r = subprocess.run([sys.executable, "-m", "emolabel", "tag", str(small), "-o", str(out), "--engine", "ray",
-                        "--workers", "1", "--model", str(tiny_model)], capture_output=True, text=True,
-                       timeout=PATIENCE, cwd=Path(__file__).resolve().parents[1])
-    assert r.returncode == 0, r.stderr
-    assert siblings(out) == [] and pq.read_table(out).num_rows == 2
-    assert still_running(procs, proc.pid) == []
-
-
-def test_only_a_dead_runs_temp_folder_is_removed(tmp_path):
-    from emolabel.outputs import remove_stale_temp_folders, temp_folder
-
-    out = tmp_path / "out"
-    mine = Path(temp_folder(str(out)))  # this (live) process's
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    gone = Path(str(mine).replace(f"-{os.getpid()}-", f"-{int(dead.stdout)}-"))
-    elsewhere = tmp_path / f"out.emolabel-tmp-otherhost-{int(dead.stdout)}-0123abcd"
-    old_style = tmp_path / "out.emolabel-tmp-0123456789ab"  # before the owner was in the name: unknown
-    other_output = tmp_path / gone.name.replace("out.", "out2.", 1)
-    for d in (mine, gone, elsewhere, old_style, other_output):
-        d.mkdir()
-        (d / "part.parquet").write_bytes(b"x")
-    assert remove_stale_temp_folders(str(out)) == [str(gone)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(d.name for d in (mine, elsewhere, old_style,
-                                                                                   other_output))
 
 
 def test_files_of_other_types_are_refused_as_the_local_engine_does(tiny_model, tmp_path):
