@@ -82,7 +82,7 @@ def load_logits(path: str | Path, texts: list[str], labels: list[str]) -> tuple[
     except Exception as e:  # safetensors raises its own error types
         raise InputError(f"{path} is not a teacher-logits file ({e}).") from None
     if meta.get("emolabel") != "teacher-logits":
-        raise InputError(f"{path} is not a teacher-logits file written by --save-teacher-logits.")
+        raise InputError(f"{path} is not a teacher-logits file written with `save_teacher_logits`.")
     if json.loads(meta.get("labels", "[]")) != labels:
         raise InputError(f"{path} has labels {meta.get('labels')}; the training data has {labels}.")
     if meta.get("texts_sha256") != texts_sha256(texts) or logits.shape != (len(texts), len(labels)):
