@@ -1,9 +1,10 @@
 """finetune(): fine-tune a BERT-family encoder and emolabel's head.
 
-finetune() reads as its stages, top to bottom, and each stage is a function below it, in the same
-order: read the tables; load the student (base encoder, tokenizer, new head); tokenize; the
-teachers' targets (distillation, optional); fit (the epoch loop, with early stopping); calibrate
-(the softmax temperature); save the model and its record (training.json).
+finetune() reads as its stages, top to bottom, each a named step: check the options and outputs;
+read the tables; load the student (base encoder, tokenizer, new head: train_student); tokenize;
+the teachers' targets (distillation, optional: train_teachers); fit (the epoch loop, with early
+stopping: train_loop); calibrate (the softmax temperature); save the model and its record
+(training.json); check whether bf16 may run it on the CPU (precision_check, issue 21).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import numpy as np
 import torch
 
 from emolabel import model as model_lib
-from emolabel.config import OBJECTIVES, TrainConfig
+from emolabel.config import FORMATS, OBJECTIVES, SAVE_DTYPES, ModelConfig, TrainConfig
 from emolabel.data import GIVEN_LABELS_FIX, LABELS_FIX, Source, SourceData, as_sources, load_sources
-from emolabel.errors import EmolabelError, InputError, OptionError
+from emolabel.errors import EmolabelError, InputError, ModelError, OptionError
 from emolabel.inference import resolve_device
 from emolabel.invariant import cpu_has_bf16
 from emolabel.safe_write import atomic_folder, check_file_target, check_folder_target
-from emolabel.train_loop import Event, Fitted, calibrate, fit, train_amp_dtype
+from emolabel.train_loop import Event, Fitted, calibrate, check_config, fit, train_amp_dtype
 from emolabel.train_resume import Checkpoints, fingerprint
 from emolabel.train_student import Student, load_student, resolve_base
 from emolabel.train_teachers import ensemble_logits, teacher_targets
@@ -62,91 +63,89 @@ def finetune(
     `validation` tables by `objective`, save the model to `out_dir`. Returns what training.json holds.
 
     `on_event` gets each step of the way as a dict (start, step, validate, epoch, early_stop,
-    interrupted, calibrate, done): the CLI logs and shows them. Ctrl-C (KeyboardInterrupt) once an
-    epoch has finished ends the run early and keeps the best epoch so far, as early stopping would.
-
-    The whole training state is checkpointed beside `out_dir` every `checkpoint_minutes` (0: every
-    step; None: never) and after every epoch; `resume=True` goes on from the last checkpoint of the
-    same run (train_resume.py says what must not change) and ends with the same weights.
-
-    The model folder is built beside `out_dir` and renamed into place at the end (safe_write): an
-    existing, non-empty `out_dir` is replaced only with `overwrite` (or, with `resume`, when it is
-    the interrupted run's own), and never when it holds an input.
-    """
-    cfg = train_config or TrainConfig()
-    emit = on_event or (lambda event: None)
-    out_dir = Path(out_dir)
-    t_start = time.time()
-    if objective not in OBJECTIVES:
-        raise EmolabelError(f"Unknown objective {objective!r}: use {', '.join(OBJECTIVES)}.")
-    if teachers and teacher_logits:
-        raise EmolabelError("Give teachers or saved teacher logits, not both.")
+    interrupted, calibrate, done, bf16_check): the CLI logs and shows them. Ctrl-C (KeyboardInterrupt,
+    or signals.Interrupted under signals_raise) once an epoch has finished ends the run early and
+    keeps the best epoch so far, as early stopping would. A bad option value is an OptionError
+    before any table is read. The whole training state is checkpointed beside `out_dir` every
+    `checkpoint_minutes` (0: every step; None: never) and after every epoch; `resume=True` goes on
+    from the last checkpoint of the same run (train_resume.py says what must not change). The model
+    folder is built beside `out_dir` and renamed into place (safe_write): an existing, non-empty
+    `out_dir` is replaced only with `overwrite` (or, with `resume`, when it is the interrupted run's
+    own), never when it holds an input. Then the bf16 check (check_bf16) is recorded in it."""
+    cfg, emit = train_config or TrainConfig(), on_event or (lambda event: None)
+    out_dir, t_start = Path(out_dir), time.time()
+    check_options(cfg, model_options, labels, objective=objective, device=device, save_dtype=save_dtype,
+                  input_format=input_format, teachers=teachers, teacher_logits=teacher_logits,
+                  save_teacher_logits=save_teacher_logits, checkpoint_minutes=checkpoint_minutes)
     check_outputs(as_sources(train) + as_sources(validation), out_dir, base=base, teachers=teachers,
                   teacher_logits=teacher_logits, save_teacher_logits=save_teacher_logits, overwrite=overwrite,
                   resume=resume)
-
     # 1. Data: read and check every table before any model loads.
-    fix = GIVEN_LABELS_FIX if labels else LABELS_FIX
-    train_src, labels = load_sources(as_sources(train), input_format, text_column, label_column, labels, fix)
-    valid_src, _ = load_sources(as_sources(validation), input_format, text_column, label_column, labels, fix)
-    train_texts = [t for s in train_src for t in s.data.texts]
-    present = sorted({int(i) for s in train_src for i in np.unique(s.data.labels)})
-    if len(present) < 2:
-        raise InputError(f"The training data holds one label only ({labels[present[0]]!r}): a classifier learns "
-                         "nothing from it. Add rows of the other labels.")
-
+    train_src, valid_src, labels = read_tables(train, validation, input_format, text_column, label_column, labels)
     # The checkpoint of an interrupted run: refused here, before any model loads, if it was another run's.
     base = resolve_base(base)
     fp = fingerprint(train_src, valid_src, base=base, labels=labels, model_options=dict(model_options or {}),
                      train_config=asdict(cfg), objective=objective, teachers=teachers, teacher_logits=teacher_logits)
-    checkpoints = Checkpoints(out_dir, fp, minutes=checkpoint_minutes, resume=resume)
-    if checkpoints.missing:
-        emit({"event": "nothing_to_resume", "path": str(checkpoints.path)})
-
-    # 2. The student: base encoder and tokenizer (local folder, installed package, or hub id) and a
-    #    new head. Seed everything we can first, so the head's random init is repeatable too.
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    student = load_student(base, labels, model_options)
-
-    # 3. Tokenize once, with the normalization tag uses.
+    checkpoints = open_checkpoints(out_dir, fp, checkpoint_minutes, resume, emit)
+    # 2. The student: base encoder, tokenizer and a new head, seeded. 3. Tokenize as tag does.
+    student = seeded_student(base, labels, model_options, cfg.seed)
+    train_texts = [t for s in train_src for t in s.data.texts]
     train_tokens = student.tokenize(train_texts)
     valid_tokens = [student.tokenize(s.data.texts) for s in valid_src]
-
-    # 4. Distillation targets: the teachers' ensemble logits, scored now (in the training precision:
-    #    soft targets need no more) or read from a file.
+    # 4. Distillation targets: the teachers' ensemble logits (scored now, or read from a file).
     dev = resolve_device(device)
-    scoring = "bf16" if train_amp_dtype(dev, cfg.precision) == torch.bfloat16 else "fp32"
-    if checkpoints.soft is not None:  # a resumed run distils from the targets it started with
-        soft, teacher_names = checkpoints.soft
-    else:
-        soft, teacher_names = teacher_targets(teachers, teacher_logits, save_teacher_logits, train_texts, labels,
-                                              device, scoring, cfg.distill_temperature, emit)
-
+    soft, teacher_names = distillation_targets(checkpoints, teachers, teacher_logits, save_teacher_logits,
+                                               train_texts, labels, device, dev, cfg, emit)
     # 5. Fit: the epoch loop, keeping the best epoch by `objective`.
     fitted = fit(student.model, train_src, train_tokens, valid_src, valid_tokens, soft, cfg=cfg,
                  objective=objective, dev=dev, emit=emit, checkpoints=checkpoints, teacher_names=teacher_names)
-
     # 6. Calibrate: back to the best epoch, then one softmax temperature fitted on validation.
     student.model.load_state_dict(fitted.best_state)
     emit({"event": "calibrate", "rows": sum(len(t) for t in valid_tokens)})
     student.config.temperature = calibrate(student.model, valid_src, valid_tokens, dev)
-
     # 7. Save the model (refusing broken weights) and the record of how it was made, whole or not at all.
     info = training_record(student, train_src, valid_src, fitted, cfg=cfg, objective=objective, command=command,
                            dev=dev, save_dtype=save_dtype, teacher_names=teacher_names,
                            teacher_logits=teacher_logits, seconds=time.time() - t_start)
-    with atomic_folder(out_dir) as folder:
-        save_student(student, folder, save_dtype)
-        (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-    if not fitted.stopped:  # an interrupted run keeps its checkpoint for --resume
-        checkpoints.remove()
-    best = fitted.best
-    emit({"event": "done", "best_epoch": best["epoch"], "valid_accuracy": best["accuracy"],
-          "valid_macro_f1": best["macro_f1"], "objective": best["objective"],
-          "temperature": student.config.temperature, "out": str(out_dir)})
+    save(student, out_dir, info, save_dtype, checkpoints, emit)
+    # 8. May `precision` auto run it in bf16 on the CPU? Measured on the validation tables read in 1.
+    check_bf16(out_dir, valid_src, fitted.stopped, emit)
     return info
+
+
+def check_options(cfg: TrainConfig, model_options: dict[str, Any] | None, labels: list[str] | None, *,
+                  objective: str, device: str, save_dtype: str, input_format: str | None,
+                  teachers: list[str] | None, teacher_logits: str | None, save_teacher_logits: str | None,
+                  checkpoint_minutes: float | None) -> None:
+    """Refuse a bad option value before any table is read or model loaded: an OptionError (the CLI's
+    usage error, exit 2) naming the option in the library's words."""
+    if objective not in OBJECTIVES:
+        raise OptionError(f"Unknown `objective` {objective!r}: use {', '.join(OBJECTIVES)}.")
+    if save_dtype not in SAVE_DTYPES:
+        raise OptionError(f"Unknown `save_dtype` {save_dtype!r}: use {', '.join(SAVE_DTYPES)}.")
+    if input_format is not None and input_format not in FORMATS:
+        raise OptionError(f"Unknown `input_format` {input_format!r}: use {', '.join(FORMATS)}.")
+    if teachers and teacher_logits:
+        raise OptionError("Give `teachers` or `teacher_logits`, not both.")
+    if save_teacher_logits and not teachers:
+        raise OptionError("`save_teacher_logits` needs `teachers`: it saves their logits.")
+    if checkpoint_minutes is not None and not (isinstance(checkpoint_minutes, int | float) and checkpoint_minutes >= 0):
+        raise OptionError(f"`checkpoint_minutes` must be 0 or more (or None: no checkpoints), not {checkpoint_minutes!r}.")
+    resolve_device(device)  # an unknown device, or a GPU that is not here
+    check_config(cfg)
+    options = dict(model_options or {})
+    unknown = sorted(set(options) - MODEL_OPTIONS)
+    if unknown:
+        raise OptionError(f"Unknown model option `{unknown[0]}`: use {', '.join(sorted(MODEL_OPTIONS))}.")
+    try:
+        ModelConfig(labels=list(labels) if labels is not None else ["a", "b"], **options)
+    except ModelError as e:  # its messages start with the field they refuse
+        name, _, why = str(e).partition(" ")
+        raise OptionError(f"`{name}` {why}." if name in MODEL_OPTIONS | {"labels"} else f"{e}.") from None
+
+
+# What finetune's `model_options` may set: the head and text settings of ModelConfig, not what training fills in
+MODEL_OPTIONS = {"pooling", "head_hidden", "dropout", "activation", "max_length", "normalization"}
 
 
 def check_outputs(inputs: list[Source], out_dir: str | Path, *, base: str | None = None,
@@ -171,7 +170,72 @@ def check_outputs(inputs: list[Source], out_dir: str | Path, *, base: str | None
         check_file_target(log, paths, overwrite or own, what="log")
 
 
+# -- 1. the tables ---------------------------------------------------------------------------------
+
+
+def read_tables(train: str | Source | list[str | Source], validation: str | Source | list[str | Source],
+                input_format: str | None, text_column: str, label_column: str,
+                labels: list[str] | None) -> tuple[list[SourceData], list[SourceData], list[str]]:
+    """Every training and validation table, read and checked before any model loads, and the label
+    set (`labels`, else read from the first table); a training set of one label is refused."""
+    fix = GIVEN_LABELS_FIX if labels else LABELS_FIX
+    train_src, labels = load_sources(as_sources(train), input_format, text_column, label_column, labels, fix)
+    valid_src, _ = load_sources(as_sources(validation), input_format, text_column, label_column, labels, fix)
+    present = sorted({int(i) for s in train_src for i in np.unique(s.data.labels)})
+    if len(present) < 2:
+        raise InputError(f"The training data holds one label only ({labels[present[0]]!r}): a classifier learns "
+                         "nothing from it. Add rows of the other labels.")
+    return train_src, valid_src, labels
+
+
+def open_checkpoints(out_dir: Path, fp: dict[str, Any], minutes: float | None, resume: bool,
+                     emit: Event) -> Checkpoints:
+    """The run's checkpoints; with `resume`, the interrupted run's (refused if it was another run)."""
+    checkpoints = Checkpoints(out_dir, fp, minutes=minutes, resume=resume)
+    if checkpoints.missing:
+        emit({"event": "nothing_to_resume", "path": str(checkpoints.path)})
+    return checkpoints
+
+
+# -- 2, 4. the student and the teachers' targets ---------------------------------------------------
+
+
+def seeded_student(base: str, labels: list[str], model_options: dict[str, Any] | None, seed: int) -> Student:
+    """The student (train_student), after seeding everything we can: the head's random init repeats too."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return load_student(base, labels, model_options)
+
+
+def distillation_targets(checkpoints: Checkpoints, teachers: list[str] | None, teacher_logits: str | None,
+                         save_teacher_logits: str | None, texts: list[str], labels: list[str], device: str,
+                         dev: torch.device, cfg: TrainConfig, emit: Event) -> tuple[torch.Tensor | None, list[str]]:
+    """The teachers' softened targets (train_teachers), scored in the training precision (soft targets
+    need no more); a resumed run distils from the targets it started with."""
+    if checkpoints.soft is not None:
+        return checkpoints.soft
+    scoring = "bf16" if train_amp_dtype(dev, cfg.precision) == torch.bfloat16 else "fp32"
+    return teacher_targets(teachers, teacher_logits, save_teacher_logits, texts, labels, device, scoring,
+                           cfg.distill_temperature, emit)
+
+
 # -- 7. save ---------------------------------------------------------------------------------------
+
+
+def save(student: Student, out_dir: Path, info: dict[str, Any], save_dtype: str, checkpoints: Checkpoints,
+         emit: Event) -> None:
+    """The model folder and its training.json, moved into place whole; then the checkpoint has done its
+    job (an interrupted run keeps it for `resume`)."""
+    with atomic_folder(out_dir) as folder:
+        save_student(student, folder, save_dtype)
+        (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    if not info["stopped"]:
+        checkpoints.remove()
+    emit({"event": "done", "best_epoch": info["best_epoch"], "valid_accuracy": info["validation_metrics"]["accuracy"],
+          "valid_macro_f1": info["validation_metrics"]["macro_f1"],
+          "objective": info["validation_metrics"]["objective"], "temperature": info["temperature"],
+          "out": str(out_dir)})
 
 
 def save_student(student: Student, out_dir: Path, save_dtype: str) -> None:
@@ -180,7 +244,7 @@ def save_student(student: Student, out_dir: Path, save_dtype: str) -> None:
     for name, v in student.model.state_dict().items():
         if v.is_floating_point() and not torch.isfinite(v.to(dtype)).all():
             raise EmolabelError(f"Weight {name} is not finite once stored as {save_dtype}; nothing was saved. "
-                                "Save as fp32 (--save-dtype fp32) or lower --lr.")
+                                "Save as fp32 (`save_dtype` fp32) or lower `lr`.")
     model_lib.save(student.model, student.tokenizer_json, out_dir, dtype=dtype)
 
 
@@ -212,3 +276,40 @@ def training_record(student: Student, train_src: list[SourceData], valid_src: li
         "teacher_logits": str(teacher_logits) if teacher_logits else None,
         "stopped": fitted.stopped,
     }
+
+
+# -- 8. the bf16 check (issue 21) ------------------------------------------------------------------
+
+
+def check_bf16(out_dir: Path, valid_src: list[SourceData], stopped: str | None, emit: Event) -> dict[str, Any]:
+    """Whether `precision` auto may run the saved model in bf16 on the CPU: precision_check on the
+    validation tables already read, recorded in the folder (precision-check.json), where the CPU has
+    bf16 units and the model runs the batch-invariant forward. Not after an interrupted run (it was
+    asked to stop; `emolabel check-bf16` runs it later). The `bf16_check` event says what came of it:
+    `checked`, and `passed` with the worst table's accuracy change against fp32, or the `reason`."""
+    from emolabel import precision_check
+
+    reason = ("interrupted" if stopped else "no_bf16_units" if not cpu_has_bf16()
+              else "not_invariant" if not runs_invariant(out_dir) else None)
+    if reason:
+        event: dict[str, Any] = {"event": "bf16_check", "checked": False, "reason": reason, "out": str(out_dir)}
+    else:
+        result = precision_check.check(out_dir, valid_src)
+        path = precision_check.record(out_dir, result)
+        worst = min(result["tables"], key=lambda t: t["accuracy_bf16"] - t["accuracy_fp32"])
+        event = {"event": "bf16_check", "checked": True, "passed": result["passed"], "path": str(path),
+                 "tables": len(result["tables"]), "worst_table": worst["path"],
+                 "accuracy_change": worst["accuracy_bf16"] - worst["accuracy_fp32"],
+                 "agreement": result["agreement"], "out": str(out_dir)}
+    emit(event)
+    return event
+
+
+def runs_invariant(folder: Path) -> bool:
+    """Whether the model in `folder`, as tag loads it, runs the batch-invariant forward (built on the
+    meta device: no weights read)."""
+    from emolabel.invariant import supports
+
+    with torch.device("meta"):
+        model = model_lib.EmotionClassifier(ModelConfig.load(folder), lean=True)
+    return supports(model)

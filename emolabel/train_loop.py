@@ -10,6 +10,7 @@ warm-up then linear-decay schedule, and the autocast dtype (bf16 where the hardw
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from emolabel.data import SourceData, epoch_rows
 from emolabel.errors import EmolabelError, OptionError
 from emolabel.evaluate import classification_metrics
 from emolabel.invariant import cpu_has_bf16
+from emolabel.signals import Interrupted
 from emolabel.train_resume import Checkpoints, Progress, numpy_state
 
 Event = Callable[[dict[str, Any]], None]
@@ -47,7 +49,8 @@ def fit(model: model_lib.EmotionClassifier, train_src: list[SourceData], train_t
         checkpoints: Checkpoints | None = None, teacher_names: list[str] | None = None) -> Fitted:
     """Train epoch by epoch, validate after each, keep the best, stop after `cfg.patience` epochs
     without a better one. Ctrl-C (SIGINT) ends it early and keeps the best epoch so far, as early
-    stopping would; before any epoch has finished there is nothing to keep, and it propagates.
+    stopping would (SIGTERM too, under signals.signals_raise: the event names the signal); before any
+    epoch has finished there is nothing to keep, and it propagates.
     With `checkpoints`, the whole state is saved as it goes, and a resumed run goes on from it."""
     # The epoch's sampling and dropout follow the seed whatever ran before (a teacher, say).
     torch.manual_seed(cfg.seed)
@@ -82,11 +85,12 @@ def fit(model: model_lib.EmotionClassifier, train_src: list[SourceData], train_t
             emit(record)
             if prog.stale >= cfg.patience:
                 emit({"event": "early_stop", "epoch": record["epoch"], "best_epoch": prog.best["epoch"]})
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted) as e:  # Ctrl-C in a library call; SIGINT/SIGTERM under signals.py
         if prog.best_state is None:
             raise  # nothing to keep: no epoch finished
         stopped = f"interrupted in epoch {len(prog.history) + 1}; kept epoch {prog.best['epoch']}"
-        emit({"event": "interrupted", "epoch": len(prog.history) + 1, "best_epoch": prog.best["epoch"]})
+        emit({"event": "interrupted", "epoch": len(prog.history) + 1, "best_epoch": prog.best["epoch"],
+              "signal": signal.Signals(getattr(e, "signum", signal.SIGINT)).name})
     assert prog.best_state is not None  # cfg.epochs >= 1, and a score is never below -1
     return Fitted(prog.history, prog.best, prog.best_state, loop.rows_per_epoch, stopped)
 
@@ -194,6 +198,36 @@ def _loss(model: model_lib.EmotionClassifier, tokens: batching.Tokens, y: np.nda
                                         reduction="batchmean") * t * t
         loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
     return loss
+
+
+# TrainConfig's numbers the loop can train with: (lowest, highest, whether the lowest itself is allowed)
+_COUNTS = {"epochs": 1, "batch_size": 1, "patience": 1}  # whole numbers, at least this
+_NUMBERS = {"lr": (0.0, math.inf, False), "head_lr": (0.0, math.inf, False), "max_grad_norm": (0.0, math.inf, False),
+            "distill_temperature": (0.0, math.inf, False), "weight_decay": (0.0, math.inf, True),
+            "layer_decay": (0.0, 1.0, True), "warmup": (0.0, 1.0, True), "label_smoothing": (0.0, 1.0, True),
+            "distill_alpha": (0.0, 1.0, True)}
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse, before any work, a TrainConfig value the loop cannot train with (OptionError, naming
+    the field): a NaN rate would only show as a diverged loss after an epoch."""
+
+    def whole(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for name, low in _COUNTS.items():
+        v = getattr(cfg, name)
+        if not whole(v) or v < low:
+            raise OptionError(f"`{name}` must be a whole number, at least {low}, not {v!r}.")
+    if not whole(cfg.seed):
+        raise OptionError(f"`seed` must be a whole number, not {cfg.seed!r}.")
+    for name, (low, high, closed) in _NUMBERS.items():
+        v = getattr(cfg, name)
+        ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v <= high
+        if not (ok and (v >= low if closed else v > low)):
+            span = f"from {low:g} to {high:g}" if high < math.inf else ("0 or more" if closed else "above 0")
+            raise OptionError(f"`{name}` must be a number {span}, not {v!r}.")
+    train_amp_dtype(torch.device("cpu"), cfg.precision)  # an unknown `precision` is refused there
 
 
 def _param_groups(model: model_lib.EmotionClassifier, cfg: TrainConfig) -> list[dict[str, Any]]:

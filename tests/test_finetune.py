@@ -14,6 +14,7 @@ from emolabel.config import TrainConfig
 from emolabel.data import infer_labels
 from emolabel.errors import InputError
 from emolabel.inference import Labeler
+from emolabel.invariant import cpu_has_bf16
 from emolabel.train import finetune
 from emolabel.train_loop import _param_groups, fit_temperature
 
@@ -47,12 +48,13 @@ def test_finetune_one_epoch_writes_a_model_that_reloads(tmp_path, tiny_base, dat
     events = []
     info = finetune(str(train), str(valid), out, base=str(tiny_base), train_config=TrainConfig(epochs=1, batch_size=8),
                     model_options={"head_hidden": [16], "max_length": 32}, device="cpu", on_event=events.append)
-    assert sorted(p.name for p in out.iterdir()) == ["emolabel.json", "model.safetensors", "tokenizer.json",
-                                                     "training.json"]
+    checked = ["precision-check.json"] if cpu_has_bf16() else []  # finetune's bf16 check (test_finetune_checks.py)
+    assert sorted(p.name for p in out.iterdir()) == ["emolabel.json", "model.safetensors", *checked,
+                                                     "tokenizer.json", "training.json"]
     assert np.isfinite(info["history"][0]["train_loss"])
     assert info["train"][0]["rows"] == 36 and len(info["train"][0]["sha256"]) == 64 and info["train"][0]["weight"] == 1.0
     assert info["base"] == str(tiny_base)
-    assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "done"
+    assert [e["event"] for e in events][0] == "start" and [e["event"] for e in events][-2:] == ["done", "bf16_check"]
     texts = [t for t, _ in ROWS]
     a = Labeler(out, device="cpu").predict_proba(texts)
     b = Labeler(out, device="cpu").predict_proba(texts)
