@@ -147,3 +147,44 @@ def test_a_signal_during_the_bf16_check_keeps_the_saved_model_and_exits_128_plus
             f"(emolabel check-bf16 --model {out} runs it).") in " ".join(r.stderr.split())
     assert (out / "model.safetensors").exists() and (out / "train_log.jsonl").exists()
     assert not (out / "precision-check.json").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--device", "tpu"], "Unknown --device 'tpu': use auto, cpu, cuda or cuda:N."),
+    (["--batch-size", "0"], "Invalid value for '--batch-size'"),
+    (["--precision", "fp8"], "Invalid value for '--precision'"),
+])
+def test_eval_a_bad_option_value_exits_2(tmp_path, tiny_model, tables, args, message):
+    r = run_cli("eval", tables[1], "--model", str(tiny_model), "--predictions", str(tmp_path / "p.csv"), *args)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "Traceback" not in err and message in " ".join(err.split()), err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_signal_before_any_epoch_finished_saves_nothing_keeps_the_checkpoint_and_exits_143(tmp_path, tiny_base,
+                                                                                           tables, monkeypatch):
+    """finetune on signals.py: SIGTERM (its Interrupted) in epoch 1 leaves no model and no log, says where
+    the progress is kept, and exits 128 + 15."""
+    import signal
+
+    from emolabel import train_loop
+    from emolabel.signals import Interrupted
+    from emolabel.train_resume import CHECKPOINT, checkpoint_dir
+
+    real, calls = train_loop._loss, [0]
+
+    def loss(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise Interrupted(signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_loop, "_loss", loss)
+    out = tmp_path / "m"
+    r = invoke("finetune", tables[0], "--validation", tables[1], "-o", str(out), "--base", str(tiny_base),
+               "--epochs", "1", "--batch-size", "4", "--head", "16", "--max-length", "32", "--checkpoint-every", "0")
+    assert r.exit_code == 143, r.stderr
+    assert (f"Interrupted (SIGTERM): no model was saved. The progress is kept in {checkpoint_dir(out)}: run the "
+            "same command with --resume to go on.") in " ".join(r.stderr.split())
+    assert not out.exists() and (checkpoint_dir(out) / CHECKPOINT).exists()
+    assert not list(tmp_path.glob(".m-train_log.jsonl*"))  # the log of a run that saved nothing is removed
