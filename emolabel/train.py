@@ -140,8 +140,9 @@ def check_options(cfg: TrainConfig, model_options: dict[str, Any] | None, labels
     try:
         ModelConfig(labels=list(labels) if labels is not None else ["a", "b"], **options)
     except ModelError as e:  # its messages start with the field they refuse
-        name, _, why = str(e).partition(" ")
-        raise OptionError(f"`{name}` {why}." if name in MODEL_OPTIONS | {"labels"} else f"{e}.") from None
+        text = str(e).rstrip(".")
+        name, _, why = text.partition(" ")
+        raise OptionError(f"`{name}` {why}." if name in MODEL_OPTIONS | {"labels"} else f"{text}.") from None
 
 
 # What finetune's `model_options` may set: the head and text settings of ModelConfig, not what training fills in
