@@ -8,7 +8,7 @@ import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -19,6 +19,7 @@ from emolabel.config import (
     OBJECTIVES,
     POOLINGS,
     PRECISIONS,
+    SAVE_DTYPES,
     TRAIN_PRECISIONS,
     ModelConfig,
     TrainConfig,
@@ -79,7 +80,7 @@ T = TrainConfig  # finetune's option defaults are the dataclass's: one source of
 @click.option("--max-length", type=click.IntRange(8), default=ModelConfig.max_length, show_default=True)
 @click.option("--normalization", type=click.Choice(NORMALIZATIONS), default=ModelConfig.normalization, show_default=True,
               help="Text rewrite applied in training and at tag time (stored in the model).")
-@click.option("--save-dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+@click.option("--save-dtype", type=click.Choice(SAVE_DTYPES), default="fp32", show_default=True,
               help="Storage precision of the saved weights (fp16 halves the size).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--train-precision", type=click.Choice(TRAIN_PRECISIONS), default=T.precision, show_default=True,
@@ -110,9 +111,10 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
     --validation tables, each epoch reports each table, and the best epoch and the softmax
     temperature are chosen on all of them (--objective). Writes a self-contained model folder
     (emolabel.json, model.safetensors, tokenizer.json, training.json with every table's path,
-    SHA-256, rows and weight) and a JSON Lines training log. Every file is written whole or not
-    at all; an existing model folder or file is replaced only with --overwrite (or, with --resume,
-    when it is the interrupted run's own), an input never.
+    SHA-256, rows and weight) and a JSON Lines training log, then checks whether bf16 may run the
+    model on this CPU (precision-check.json, as check-bf16 does). Every file is written whole or
+    not at all; an existing model folder or file is replaced only with --overwrite (or, with
+    --resume, when it is the interrupted run's own), an input never.
 
     \b
     Examples:
@@ -126,117 +128,162 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
     """
     from rich.console import Console
 
+    from emolabel.signals import Interrupted, signals_raise
+    from emolabel.train import finetune as run
 
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, layer_decay=layer_decay,
+                      weight_decay=weight_decay, warmup=warmup, label_smoothing=label_smoothing,
+                      patience=patience, seed=seed, freeze_encoder=freeze_encoder, distill_alpha=distill_alpha,
+                      distill_temperature=distill_temperature, precision=train_precision)
+    options = {"pooling": pooling, "head_hidden": _head_option(head_hidden), "dropout": dropout,
+               "activation": activation, "max_length": max_length, "normalization": normalization}
+    label_names = _labels_option(labels)
     console = Console(stderr=True, quiet=quiet, highlight=False)
-    progress = TrainProgress(console, quiet)
+    out = Path(output)
+    log = _open_log(train, valid, out, base, teachers, teacher_logits, save_teacher_logits, log_path, overwrite, resume)
+    report = FinetuneReport(console, log, out, TrainProgress(console, quiet))
     try:
-        hidden = [int(h) for h in head_hidden.split(",") if h.strip()]
+        with signals_raise(), report.progress, _show_warnings(console):
+            info = run(list(train), list(valid), out, base=base, text_column=text_column, label_column=label_column,
+                       labels=label_names, input_format=input_format, model_options=options,
+                       train_config=cfg, device=device, save_dtype=save_dtype, on_event=report.event,
+                       teachers=list(teachers) or None, teacher_logits=teacher_logits,
+                       save_teacher_logits=save_teacher_logits, objective=objective, resume=resume,
+                       checkpoint_minutes=checkpoint_every, overwrite=overwrite,
+                       command="emolabel finetune " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "")
+    except EmolabelError as e:
+        raise to_click(e, FINETUNE_FLAGS) from None
+    except Interrupted as e:
+        report.interrupted(e.signum)
+    finally:
+        report.close()  # the log goes into place with a saved model; with none, it goes (stderr had it all)
+    if info.get("stopped"):  # saved, but the run did not end on its own: say so to scripts too
+        sys.exit(128 + report.signum)
+
+
+# finetune's options whose flag is not the library's name with dashes (errors.to_click)
+FINETUNE_FLAGS = {"teachers": "--teacher", "head_hidden": "--head", "checkpoint_minutes": "--checkpoint-every",
+                  "out_dir": "--output", "precision": "--train-precision"}
+
+
+def _head_option(value: str) -> list[int]:
+    """--head: comma-separated widths of the head's dense layers ('' for none)."""
+    try:
+        hidden = [int(h) for h in value.split(",") if h.strip()]
     except ValueError:
-        raise click.BadParameter("comma-separated integers, e.g. 512,256", param_hint="--head") from None
+        hidden = [0]
+    if any(h < 1 for h in hidden):
+        raise click.BadParameter("comma-separated positive integers, e.g. 512,256 ('' for none)", param_hint="--head")
+    return hidden
+
+
+def _open_log(train: tuple[str, ...], valid: tuple[str, ...], out: Path, base: str | None, teachers: tuple[str, ...],
+              teacher_logits: str | None, save_teacher_logits: str | None, log_path: str | None, overwrite: bool,
+              resume: bool) -> Any:
+    """Refuse what finetune would write over (before any work), then open the log: written beside its
+    target and renamed into place once the model is saved (the default one into the new model folder);
+    a resumed run's log goes on from the interrupted one's."""
     from emolabel.data import as_sources
     from emolabel.safe_write import AtomicFile
     from emolabel.train import check_outputs
     from emolabel.train_resume import CHECKPOINT, checkpoint_dir
 
-    out = Path(output)
-    saved_state = checkpoint_dir(out) / CHECKPOINT
-    if teachers and teacher_logits:
-        raise click.UsageError("give --teacher or --teacher-logits, not both")
-    if save_teacher_logits and not teachers:
-        raise click.UsageError("--save-teacher-logits needs --teacher")
     try:
         check_outputs(as_sources(list(train)) + as_sources(list(valid)), out, base=base, teachers=list(teachers),
                       teacher_logits=teacher_logits, save_teacher_logits=save_teacher_logits, log=log_path,
                       overwrite=overwrite, resume=resume)
+        return AtomicFile(Path(log_path) if log_path else out / "train_log.jsonl",
+                          append=resume and (checkpoint_dir(out) / CHECKPOINT).exists(),
+                          folder=None if log_path else out.absolute().parent)
     except EmolabelError as e:
-        raise to_click(e) from None
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, layer_decay=layer_decay,
-                      weight_decay=weight_decay, warmup=warmup, label_smoothing=label_smoothing,
-                      patience=patience, seed=seed, freeze_encoder=freeze_encoder, distill_alpha=distill_alpha,
-                      distill_temperature=distill_temperature, precision=train_precision)
-    options = {"pooling": pooling, "head_hidden": hidden, "dropout": dropout, "activation": activation,
-               "max_length": max_length, "normalization": normalization}
-    # The log is written beside its target and renamed into place once the model is saved (the
-    # default one into the new model folder); a resumed run's log goes on from the interrupted one's.
-    log_file = Path(log_path) if log_path else out / "train_log.jsonl"
-    try:
-        log = AtomicFile(log_file, append=resume and saved_state.exists(),
-                         folder=None if log_path else out.absolute().parent)
-    except EmolabelError as e:
-        raise to_click(e) from None
+        raise to_click(e, FINETUNE_FLAGS) from None
 
-    def on_event(event: dict[str, Any]) -> None:
-        log.write(json.dumps(event) + "\n")
+
+# finetune's events shown as a line on stderr (str.format of the event); the others feed the progress bar only
+_SAY = {
+    "start": "training on {train_rows:,} rows, validating on {valid_rows:,}; {epochs} epochs, {steps:,} steps on "
+             "{device} ({autocast})",
+    "epoch": "epoch {epoch}: train loss {train_loss:.4f}, validation accuracy {valid_accuracy:.2%}, macro-F1 "
+             "{valid_macro_f1:.4f}, objective {objective:.4f} ({seconds:.0f} s)",
+    "teacher_logits": "saved teacher logits for {rows:,} training rows to {path}",
+    "resume": "resuming epoch {epoch} at step {step:,} from {path}",
+    "nothing_to_resume": "[yellow]Nothing to resume[/] ({path} does not exist): starting from the beginning.",
+    "early_stop": "early stop after epoch {epoch} (best: {best_epoch})",
+    "interrupted": "interrupted in epoch {epoch}: saving epoch {best_epoch}, the best so far; the same command "
+                   "with --resume goes on from the last checkpoint in {checkpoints}",
+    "done": "saved {out}: best epoch {best_epoch}, validation accuracy {valid_accuracy:.2%}, macro-F1 "
+            "{valid_macro_f1:.4f}, temperature {temperature:.2f}",
+}
+
+
+class FinetuneReport:
+    """finetune's events: each into the log as JSON, a line on stderr where _SAY has one, and the
+    progress bar; remembers what the end of the run needs (the model saved? which signal?)."""
+
+    def __init__(self, console: Any, log: Any, out: Path, progress: TrainProgress):
+        from emolabel.train_resume import CHECKPOINT, checkpoint_dir
+
+        self.console, self.log, self.out, self.progress = console, log, out, progress
+        self.checkpoints = checkpoint_dir(out)
+        self.checkpoint = self.checkpoints / CHECKPOINT
+        self.saved = False  # the model folder is in place
+        self.signum = 2  # SIGINT, unless the interrupted event names another
+
+    def event(self, event: dict[str, Any]) -> None:
+        import signal
+
+        self.log.write(json.dumps(event) + "\n")
         kind = event["event"]
-        if kind == "start":
-            console.print(f"training on {event['train_rows']:,} rows, validating on {event['valid_rows']:,}; "
-                          f"{event['epochs']} epochs, {event['steps']:,} steps on {event['device']} ({event['autocast']})")
-        elif kind == "epoch":
-            console.print(f"epoch {event['epoch']}: train loss {event['train_loss']:.4f}, validation accuracy "
-                          f"{event['valid_accuracy']:.2%}, macro-F1 {event['valid_macro_f1']:.4f}, objective "
-                          f"{event['objective']:.4f} ({event['seconds']:.0f} s)")
-            if len(event["valid"]) > 1:
-                for path, m in event["valid"].items():
-                    console.print(f"    {path}: accuracy {m['accuracy']:.2%}, macro-F1 {m['macro_f1']:.4f}")
-        elif kind == "teacher_logits":
-            console.print(f"saved teacher logits for {event['rows']:,} training rows to {event['path']}")
-        elif kind == "resume":
-            console.print(f"resuming epoch {event['epoch']} at step {event['step']:,} from {event['path']}")
-        elif kind == "nothing_to_resume":
-            console.print(f"[yellow]Nothing to resume[/] ({event['path']} does not exist): starting from the "
-                          "beginning.", soft_wrap=True)
-        elif kind == "early_stop":
-            console.print(f"early stop after epoch {event['epoch']} (best: {event['best_epoch']})")
+        if kind in _SAY:
+            self.console.print(_SAY[kind].format(**event, checkpoints=self.checkpoints),
+                               soft_wrap=kind == "nothing_to_resume")
+        if kind == "epoch" and len(event["valid"]) > 1:
+            for path, m in event["valid"].items():
+                self.console.print(f"    {path}: accuracy {m['accuracy']:.2%}, macro-F1 {m['macro_f1']:.4f}")
         elif kind == "interrupted":
-            console.print(f"interrupted in epoch {event['epoch']}: saving epoch {event['best_epoch']}, the best so far; "
-                          f"the same command with --resume goes on from the last checkpoint in {saved_state.parent}")
+            self.signum = int(signal.Signals[event["signal"]])
         elif kind == "done":
-            console.print(f"saved {event['out']}: best epoch {event['best_epoch']}, validation accuracy "
-                          f"{event['valid_accuracy']:.2%}, macro-F1 {event['valid_macro_f1']:.4f}, "
-                          f"temperature {event['temperature']:.2f}")
-        progress.event(event)
+            self.saved = True
+        elif kind == "bf16_check":
+            self.console.print(bf16_line(event), soft_wrap=True)
+        self.progress.event(event)
 
-    import signal
+    def interrupted(self, signum: int) -> NoReturn:
+        """A signal that ended the run before a model was saved, or during the bf16 check after it."""
+        import signal
 
-    from emolabel.train import finetune as run
-
-    # SIGTERM (a scheduler's stop, `kill`) ends a run the way Ctrl-C does: the best epoch so far is kept.
-    got: list[int] = []
-
-    def stop(signum: int, frame: Any) -> None:
-        got.append(signum)
-        raise KeyboardInterrupt
-
-    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    saved = False
-    try:
-        with progress, _show_warnings(console):
-            info = run(list(train), list(valid), out, base=base, text_column=text_column, label_column=label_column,
-                       labels=_labels_option(labels), input_format=input_format, model_options=options,
-                       train_config=cfg, device=device, save_dtype=save_dtype, on_event=on_event,
-                       teachers=list(teachers) or None, teacher_logits=teacher_logits,
-                       save_teacher_logits=save_teacher_logits, objective=objective, resume=resume,
-                       checkpoint_minutes=checkpoint_every, overwrite=overwrite,
-                       command="emolabel finetune " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "")
-        saved = True
-    except EmolabelError as e:
-        raise to_click(e) from None
-    except KeyboardInterrupt:
-        signum = got[0] if got else signal.SIGINT
-        kept = (f" The progress is kept in {saved_state.parent}: run the same command with --resume to go on."
-                if saved_state.exists() else "")
-        console.print(f"[bold red]Interrupted[/] ({signal.Signals(signum).name}) before the first epoch finished: "
-                      f"no model was saved.{kept}", soft_wrap=True)
+        name = signal.Signals(signum).name
+        if self.saved:
+            self.console.print(f"[bold red]Interrupted[/] ({name}) during the bf16 check: the model is saved in "
+                               f"{self.out}, without a check (emolabel check-bf16 --model {self.out} runs it).",
+                               soft_wrap=True)
+        else:
+            kept = (f" The progress is kept in {self.checkpoints}: run the same command with --resume to go on."
+                    if self.checkpoint.exists() else "")
+            self.console.print(f"[bold red]Interrupted[/] ({name}): no model was saved.{kept}", soft_wrap=True)
         sys.exit(128 + signum)
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        if saved:
-            log.commit()
-        else:  # nothing saved: no log either (the messages were on stderr)
-            log.abort()
-    if info.get("stopped"):  # saved, but the run did not end on its own: say so to scripts too
-        sys.exit(128 + (got[0] if got else signal.SIGINT))
+
+    def close(self) -> None:
+        self.progress.stop()
+        if self.saved:
+            self.log.commit()
+        else:
+            self.log.abort()
+
+
+def bf16_line(event: dict[str, Any]) -> str:
+    """finetune's bf16_check event in one line: did bf16 pass on this model, and so will --precision
+    auto run it in bf16 on the CPU; with the worst validation table's accuracy change."""
+    if event["checked"]:
+        change = (f"worst table {event['worst_table']}: accuracy {100 * event['accuracy_change']:+.2f} points "
+                  f"against fp32, labels agree {event['agreement']:.2%} overall")
+        verdict = ("--precision auto runs this model in bf16 on a CPU with bf16 units" if event["passed"]
+                   else "--precision auto keeps it in fp32")
+        return f"bf16 check {'passed' if event['passed'] else 'failed'} ({change}): {verdict}"
+    why = {"no_bf16_units": "this CPU has no bf16 units (AVX512-BF16 or AMX)",
+           "not_invariant": "only plain BERT encoders have the batch-invariant bf16 forward",
+           "interrupted": f"the run was interrupted (emolabel check-bf16 --model {event['out']} runs it)"}
+    return f"bf16 check not run: {why[event['reason']]}; --precision auto keeps fp32"
 
 
 @contextlib.contextmanager
@@ -249,7 +296,7 @@ def _show_warnings(console: Any) -> Iterator[None]:
     from emolabel.errors import EmolabelWarning, cli_words
 
     def show(message: Any, *args: Any, **kwargs: Any) -> None:  # a label may hold [brackets]: not markup
-        console.print(f"[yellow]Warning[/]: {escape(cli_words(str(message)))}", soft_wrap=True)
+        console.print(f"[yellow]Warning[/]: {escape(cli_words(str(message), FINETUNE_FLAGS))}", soft_wrap=True)
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", EmolabelWarning)

@@ -29,6 +29,7 @@ NORMALIZATIONS = ("none", "social-v1", "social-v2")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # inference.resolve_precision says what auto is
 # finetune's autocast (train.train_amp_dtype says what auto is); weights and optimizer stay fp32
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+SAVE_DTYPES = ("fp32", "fp16", "bf16")  # finetune's storage precision of the saved weights (fp16 halves the size)
 POOLINGS = ("cls", "mean")  # "cls": the [CLS] vector, as BERT was pre-trained for; "mean": masked mean
 ACTIVATIONS = ("gelu", "relu")  # of the head's dense layers
 # How finetune picks the best epoch over several validation tables (stated in training.json)

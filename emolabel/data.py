@@ -93,11 +93,11 @@ def labelled_data(table: pa.Table, name: str, text_column: str, label_column: st
     (eval): a label name matches whatever its case ("Joy" is joy), unless two labels differ only by it.
     Rows without text are left out (training learns nothing from them), or with `keep_empty` kept in
     place (eval counts them, as wrong)."""
-    for col, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
+    for col, field in ((text_column, "text_column"), (label_column, "label_column")):
         if col not in table.column_names:
             raise InputError(
                 f"Column {col!r} not found in {name}. Available columns: {', '.join(table.column_names)}. "
-                f"Use {flag} to choose."
+                f"Use `{field}` to choose."
             )
     if table.num_rows == 0:
         raise InputError(f"{name} has no rows: nothing to train or validate on.")

@@ -29,17 +29,22 @@ class OutputIsInputError(OptionError, OutputError):
     """An output path that is (or holds) one of the run's inputs: refused even with overwrite (exit 2)."""
 
 
-def cli_words(text: str) -> str:
-    """Options named `field` in the library's words, as the CLI's --field."""
+def cli_words(text: str, flags: dict[str, str] | None = None) -> str:
+    """Options named `field` in the library's words, as the CLI's --field; `flags` names the few whose
+    flag is spelled otherwise (finetune's `teachers` is --teacher)."""
     import re
 
-    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: "--" + m.group(1).replace("_", "-"), text)
+    def flag(m: re.Match[str]) -> str:
+        return (flags or {}).get(m.group(1)) or "--" + m.group(1).replace("_", "-")
+
+    return re.sub(r"`([a-z][a-z0-9_]*)`", flag, text)
 
 
-def to_click(e: EmolabelError) -> Exception:
+def to_click(e: EmolabelError, flags: dict[str, str] | None = None) -> Exception:
     """The CLI's form of a library error: options named `field` in the library's words become
-    --field, and an OptionError is a usage error (exit 2); every other error exits 1."""
+    --field (or what `flags` says), and an OptionError is a usage error (exit 2); every other error
+    exits 1."""
     import click
 
-    text = cli_words(str(e))
+    text = cli_words(str(e), flags)
     return click.UsageError(text) if isinstance(e, OptionError) else click.ClickException(text)

@@ -155,7 +155,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu", lean: bool = Tr
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
         raise ModelError(f"{weights}: weight {bad} holds NaN or infinite values (an fp16 overflow when it was "
-                         "saved?); every label would be null. Retrain, or save with --save-dtype fp32.")
+                         "saved?); every label would be null. Retrain, or save with `save_dtype` fp32.")
     path = folder / TOKENIZER_NAME
     check_tokenizer(tokenizer or read_tokenizer(path), path, config, getattr(model.encoder.config, "vocab_size", None))
     model.load_state_dict(state, strict=True, assign=True)

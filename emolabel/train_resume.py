@@ -121,15 +121,15 @@ class Checkpoints:
             state = torch.load(self.path, map_location="cpu", weights_only=False)
         except Exception as e:  # noqa: BLE001 - a torn or foreign file: say where it is and what to do
             raise InputError(f"The checkpoint {self.path} cannot be read ({type(e).__name__}): remove "
-                             f"{self.folder} and run without --resume to start over.") from None
+                             f"{self.folder} and run without `resume` to start over.") from None
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise InputError(f"{self.path} is not a checkpoint this emolabel writes: remove {self.folder} and "
-                             "run without --resume to start over.")
+                             "run without `resume` to start over.")
         changed = _changes(state["fingerprint"], self.fp)
         if changed:
             what = ", ".join(dict.fromkeys(_describe(c) for c in changed))
             raise InputError(f"Cannot resume: {what} changed since the checkpoint in {self.folder}. Give the "
-                             "same tables and options as the interrupted run, or run without --resume to "
+                             "same tables and options as the interrupted run, or run without `resume` to "
                              "start over (that replaces the checkpoint).")
         self.loaded = state
 

