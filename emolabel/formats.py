@@ -69,7 +69,7 @@ def _resolve(target: str) -> Any:
 
 CSV = Format("csv", "CSV", (".csv", ".tsv"), "emolabel.csv_reader:read_csv", "emolabel.outputs:CsvTableWriter",
              cannot_hold=("nested", "binary_view", "string_view"), holds="CSV holds flat values only",
-             compressions=("gzip", "zstd"))  # and TSV: CSV with a tab (inputs.default_delimiter)
+             compressions=("gzip", "zstd"))  # and TSV: CSV with a tab (default_delimiter)
 PARQUET = Format("parquet", "Parquet", (".parquet", ".pq"), "emolabel.inputs:read_parquet",
                  "emolabel.outputs:ParquetTableWriter", codec_option="parquet_compression", seekable=True)
 JSONL = Format("jsonl", "JSON Lines", (".jsonl", ".ndjson", ".json"), "emolabel.jsonl:read_jsonl",

@@ -97,7 +97,7 @@ def open_input(
     try:
         source: Any = stream
         if fmt.seekable:
-            source = path if path != STDIO else _spool(stream, closers)
+            source = path if path != STDIO else _spool(stream, fmt, closers)
         if not fmt.seekable and path != STDIO and is_regular_file(path):
             csv_options["reopen"] = lambda: _reopen(path, name)  # JSON Lines: typed over all its lines, then read
         reader = open_stream(name, source, fmt, chunk_rows=chunk_rows, encoding=encoding, on_error=on_error,
@@ -131,13 +131,13 @@ def _open_file(path: str) -> IO[bytes]:
         raise InputError(f"Input file {path} cannot be opened: {e.strerror or e}.") from None
 
 
-def _spool(stream: IO[bytes], closers: list[Any]) -> str:
+def _spool(stream: IO[bytes], fmt: Format, closers: list[Any]) -> str:
     """stdin copied to a temporary file, for a format read from a seekable file (Parquet keeps its
     index at the end of the file): on disk, not in memory. Its close goes on `closers`."""
     try:
-        spool = tempfile.NamedTemporaryFile(prefix="emolabel-stdin-", suffix=".parquet")  # noqa: SIM115
+        spool = tempfile.NamedTemporaryFile(prefix="emolabel-stdin-", suffix=fmt.suffixes[0])  # noqa: SIM115
     except OSError as e:
-        raise InputError(f"Parquet on stdin is buffered in {tempfile.gettempdir()}, which cannot be "
+        raise InputError(f"{fmt.title} on stdin is buffered in {tempfile.gettempdir()}, which cannot be "
                          f"written ({e.strerror or e}): set TMPDIR to a folder with room, or give "
                          "the file's path.") from None
     closers.append(spool.close)
@@ -145,7 +145,7 @@ def _spool(stream: IO[bytes], closers: list[Any]) -> str:
         shutil.copyfileobj(stream, spool, 1 << 20)
         spool.flush()
     except OSError as e:
-        raise InputError(f"Parquet on stdin is buffered in {tempfile.gettempdir()}, which ran out of "
+        raise InputError(f"{fmt.title} on stdin is buffered in {tempfile.gettempdir()}, which ran out of "
                          f"room ({e.strerror or e}): set TMPDIR to a folder with room, or give the "
                          "file's path.") from None
     return spool.name
