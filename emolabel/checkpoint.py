@@ -24,8 +24,9 @@ from typing import Any
 import pyarrow as pa
 
 from emolabel.errors import OutputError
+from emolabel.files import file_sha256
+from emolabel.formats import Format
 from emolabel.outputs import WriteOptions, Writer, appeared
-from emolabel.tables import Format, file_sha256
 
 PROGRESS = "progress.json"
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from emolabel import __version__
-from emolabel.config import ENGINES, FORMATS, INPUT_FORMATS, PARQUET_COMPRESSIONS, PRECISIONS
+from emolabel import __version__, formats
+from emolabel.config import ENGINES, PARQUET_COMPRESSIONS, PRECISIONS
 from emolabel.errors import EmolabelError
 from emolabel.signals import Interrupted, signals_raise
 
@@ -56,9 +56,9 @@ def cli() -> None:
 @click.argument("inputs", metavar="INPUT...", nargs=-1, required=True)
 @click.option("-o", "--output", default="-", show_default=True,
               help="Output file, or - for stdout (with --engine ray: a folder of part files).")
-@click.option("--input-format", type=click.Choice(INPUT_FORMATS),
+@click.option("--input-format", type=click.Choice(formats.readable()),
               help="Input format (default: from the file extension; lines: one text per line, as .txt).")
-@click.option("--output-format", type=click.Choice(FORMATS), help="Output format (default: from the extension; "
+@click.option("--output-format", type=click.Choice(formats.writable()), help="Output format (default: from the extension; "
               "a name for another format is refused). -o x.csv.gz, .tsv.gz, .jsonl.gz (or .zst) compress.")
 @click.option("--parquet-compression", type=click.Choice(PARQUET_COMPRESSIONS),
               help=f"Parquet output: the codec inside the file [{PARQUET_COMPRESSIONS[0]}].")

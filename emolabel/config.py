@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emolabel import formats
 from emolabel.errors import ModelError
 
 # The CARER / dair-ai "emotion" label order (ids 0-5 in the dataset files).
@@ -17,9 +18,9 @@ CONFIG_NAME = "emolabel.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
 FORMAT_VERSION = 1
-# Table formats (tables.Format implements them; named here so the CLI needs no pyarrow)
-FORMATS = ("csv", "parquet", "jsonl")  # what can be read and written
-INPUT_FORMATS = (*FORMATS, "lines")  # lines: one text per line (.txt), read only
+# The formats of labelled tables (finetune, eval, check-bf16): those both read and written, from
+# the one record per format (formats.py; tag's choices are formats.readable() and writable())
+FORMATS = formats.tables()
 ENGINES = ("local", "ray")  # emolabel.engines.make
 # The codec inside a Parquet output (outputs.WriteOptions); zstd: smaller than snappy at about its speed
 PARQUET_COMPRESSIONS = ("zstd", "snappy", "none")

@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from emolabel import formats
 from emolabel.config import EMOTIONS
 from emolabel.errors import InputError
-from emolabel.tables import Format, file_sha256, open_input
+from emolabel.files import file_sha256
+from emolabel.inputs import open_input
 
 
 @dataclass
@@ -30,7 +32,7 @@ class LabelledData:
 
 
 def read_table(path: str, fmt: str | None, encoding: str = "utf-8") -> pa.Table:
-    reader = open_input(path, Format(fmt) if fmt else None, chunk_rows=65536, encoding=encoding)
+    reader = open_input(path, formats.for_reading(fmt) if fmt else None, chunk_rows=65536, encoding=encoding)
     try:
         return pa.Table.from_batches(list(reader), schema=reader.schema)
     finally:

@@ -6,7 +6,7 @@ An engine takes input paths, an output and a TagOptions, and returns a Summary:
 * `ray` (ray_engine.RayEngine): a Ray Data actor pool over many files or an object store, into a
   folder of part files.
 
-Both read with tables.open_stream, check columns with pipeline.check_columns, label with
+Both read with inputs.open_stream, check columns with pipeline.check_columns, label with
 pipeline.label_chunk, write with outputs.TableWriter and count with Summary.add. An option an
 engine cannot honour is in its `unsupported` map with the reason, and run() refuses it
 (OptionError: exit 2 on the command line) before any work starts: nothing is silently dropped.

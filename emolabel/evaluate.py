@@ -173,16 +173,15 @@ def check_outputs(tables: list[str], model_dir: str | Path, predictions: str | N
                   overwrite: bool) -> None:
     """Refuse, before any work, a --predictions file or --report folder that is an input (a table,
     or for the folder the model too), exists without `overwrite`, or has no format: safe_write's rules."""
-    from emolabel import outputs
-    from emolabel import tables as tb
+    from emolabel import formats, outputs
     from emolabel.errors import OutputError
     from emolabel.safe_write import check_folder_target
 
     if predictions:
-        fmt = tb.format_from_suffix(predictions)
-        if fmt is None or fmt not in tb.WRITABLE:
-            raise OutputError(f"Cannot tell the format of `predictions` {predictions}; use a .csv, .parquet or "
-                              ".jsonl name.")
+        fmt = formats.from_suffix(predictions)
+        if fmt is None or not fmt.writable:
+            raise OutputError(f"Cannot tell the format of `predictions` {predictions}; use a "
+                              f"{formats.suffixes(formats.writable())} name.")
         for path in tables:
             outputs.check_output(predictions, path, overwrite)
     if report:
@@ -196,14 +195,14 @@ def write_predictions(path: str, tables: list[Any], probs: list[np.ndarray], lab
     above). Without `overwrite`, a file that appeared at `path` meanwhile is not replaced."""
     import pyarrow as pa
 
-    from emolabel import tables as tb
+    from emolabel import formats
     from emolabel.errors import OutputError
     from emolabel.labels import label_columns
     from emolabel.outputs import Writer
 
-    fmt = tb.format_from_suffix(path)
-    if fmt is None:
-        raise OutputError(f"Cannot tell the format of {path}; use a .csv, .parquet or .jsonl name.")
+    fmt = formats.from_suffix(path)
+    if fmt is None or not fmt.writable:
+        raise OutputError(f"Cannot tell the format of {path}; use a {formats.suffixes(formats.writable())} name.")
     parts = []
     for src, p in zip(tables, probs):
         cols = label_columns(p, labels)  # the label and score exactly as `tag` writes them

@@ -29,8 +29,9 @@ from typing import IO, Any
 
 import pyarrow as pa
 
+from emolabel import formats
 from emolabel.errors import EmolabelWarning, InputError
-from emolabel.tables import Format, Reader, _bounded_lines, _decode_or_fail, _lines
+from emolabel.inputs import Reader, _bounded_lines, _decode_or_fail, _lines
 
 RAW = "\x00emolabel-json\x00"  # a row's object as read; columns before it are views of it, after it are added
 TYPE_LINES = 50_000  # a stream's types come from this many lines (a constant: never from --chunk-rows)
@@ -39,11 +40,12 @@ _INT64 = (-(2**63), 2**63 - 1)
 _EXACT = 2**53  # an int with a larger magnitude is not exact as a float64
 
 
-def open_jsonl(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_error: str, *,
+def read_jsonl(name: str, stream: IO[bytes], *, chunk_rows: int, encoding: str, on_error: str,
                keep_json: bool = False, text_column: str | None = None, reserved: tuple[str, ...] = (),
-               reopen: Callable[[], IO[bytes]] | None = None) -> Reader:
-    """A JSON Lines reader (see the module docstring); `reserved`: keys the run adds (refused in a
-    row as read), `reopen`: a fresh stream of the same bytes, to type a file over all its lines."""
+               reopen: Callable[[], IO[bytes]] | None = None, **_: Any) -> Reader:
+    """formats.JSONL's reader (see the module docstring; CSV's options are not its own); `reserved`:
+    keys the run adds (refused in a row as read), `reopen`: a fresh stream of the same bytes, to
+    type a file over all its lines."""
     skipped: list[int] = []
     objects = _objects(_bounded_lines(stream, name), name, encoding, on_error, skipped, keep_json)
     if keep_json:
@@ -68,7 +70,7 @@ def open_jsonl(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_
                 _check_fits(name, [item for item in chunk if item[0] > typed_to], columns)
             yield _to_batch(name, chunk, schema, columns)
 
-    return Reader(name, Format.JSONL, schema, None, batches(), skipped)
+    return Reader(name, formats.JSONL, schema, None, batches(), skipped)
 
 
 def _as_read(name: str, objects: Iterator[tuple[int, dict, str]], skipped: list[int], chunk_rows: int,
@@ -109,7 +111,7 @@ def _as_read(name: str, objects: Iterator[tuple[int, dict, str]], skipped: list[
             yield pa.RecordBatch.from_arrays([pa.array(texts, pa.string()), pa.array(raws, pa.string())],
                                              schema=schema)
 
-    reader = Reader(name, Format.JSONL, schema, None, batches(), skipped)
+    reader = Reader(name, formats.JSONL, schema, None, batches(), skipped)
     reader.keys = keys
     return reader
 

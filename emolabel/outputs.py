@@ -21,11 +21,13 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from emolabel import csv_text, sinks
+from emolabel import csv_text, formats, sinks
 from emolabel.config import PARQUET_COMPRESSION
 from emolabel.errors import OutputError, OutputIsInputError
+from emolabel.files import STDIO, display_name, is_uri
+from emolabel.formats import Format
+from emolabel.inputs import _short
 from emolabel.safe_write import check_file_target
-from emolabel.tables import STDIO, WRITABLE, Format, _short, default_delimiter, display_name, format_from_suffix, is_uri
 
 
 def _umask() -> int:
@@ -78,27 +80,30 @@ def output_format(target: str, option: str | None) -> Format | None:
     """The format `target` is written in: `option` (an output_format), else its name's suffix
     (`x.csv.gz`: CSV, gzipped); None for stdout without `option` (the caller uses the input's).
     A suffix that names another format than `option` is refused (Parquet under a .csv name), as
-    is a compressed name for Parquet, which is compressed inside; a name with no known suffix
-    takes `option`."""
+    is a compressed name for a format that takes no such compression (Parquet, compressed
+    inside); a name with no known suffix takes `option`."""
     from emolabel.errors import OptionError
 
-    fmt = Format(option) if option else None
-    named = None if target == STDIO else format_from_suffix(sinks.strip_compression(target))
-    if fmt is not None and fmt not in WRITABLE or named is Format.LINES and fmt is None:
-        raise OptionError(f"Lines (.txt) are an input format only; write {', '.join(f.value for f in WRITABLE)}.")
+    fmt = formats.for_writing(option) if option else None
+    named = None if target == STDIO else formats.from_suffix(sinks.strip_compression(target))
+    if fmt is None and named is not None and not named.writable:
+        formats.for_writing(named.name)  # refused: "Text lines (.txt) is an input format only; write ..."
     if fmt is not None and named is not None and named is not fmt:
         suffix = Path(sinks.strip_compression(target)).suffix
-        raise OptionError(f"{display_name(target)} is named {suffix} ({named.value}) but `output_format` is "
-                          f"{fmt.value}: name the file for {fmt.value} (or with no suffix), or leave `output_format` out.")
+        raise OptionError(f"{display_name(target)} is named {suffix} ({named.name}) but `output_format` is "
+                          f"{fmt.name}: name the file for {fmt.name} (or with no suffix), or leave `output_format` out.")
     fmt = fmt or named
     if fmt is None and target != STDIO:
-        raise OptionError(f"Cannot tell the output format from {target!r}; use a .csv, .tsv, .parquet or .jsonl "
-                          f"name (.gz or .zst after it to compress), or `output_format`.")
+        raise OptionError(f"Cannot tell the output format from {target!r}; use a "
+                          f"{formats.suffixes(formats.writable())} name ({' or '.join(sinks.COMPRESSIONS)} after it to compress), "
+                          "or `output_format`.")
     codec = None if target == STDIO else sinks.compression_of(target)
-    if fmt is Format.PARQUET and codec is not None:
-        raise OptionError(f"{display_name(target)}: Parquet is compressed inside the file, not as a whole ({codec}); "
-                          f"write {display_name(sinks.strip_compression(target))} and choose the codec with "
-                          f"`parquet_compression`.")
+    if fmt is not None and codec is not None and codec not in fmt.compressions:
+        plain = display_name(sinks.strip_compression(target))
+        if fmt.codec_option:
+            raise OptionError(f"{display_name(target)}: {fmt.title} is compressed inside the file, not as a whole "
+                              f"({codec}); write {plain} and choose the codec with `{fmt.codec_option}`.")
+        raise OptionError(f"{display_name(target)}: {fmt.title} is not compressed as a whole ({codec}); write {plain}.")
     return fmt
 
 
@@ -115,72 +120,116 @@ class WriteOptions:
         an empty cell is written back as an empty cell (CSV in, the same CSV out); other inputs
         can hold both "" and null, which CSV keeps apart by quoting ""."""
         return cls(parquet_compression=parquet_compression or PARQUET_COMPRESSION,
-                   quote_empty=input_format is not Format.CSV)
+                   quote_empty=input_format is not formats.CSV)
+
+
+def _nested(typ: pa.DataType) -> bool:
+    t = pa.types
+    return t.is_list(typ) or t.is_large_list(typ) or t.is_fixed_size_list(typ) or t.is_struct(typ) or (
+        t.is_map(typ) or t.is_union(typ) or getattr(t, "is_list_view", lambda _: False)(typ))
+
+
+def _binary(typ: pa.DataType) -> bool:
+    t = pa.types
+    return t.is_binary(typ) or t.is_large_binary(typ) or t.is_fixed_size_binary(typ) or t.is_binary_view(typ)
+
+
+# The column kinds a format's record may say it cannot hold (formats.Format.cannot_hold)
+KINDS = {"nested": _nested, "binary": _binary, "binary_view": pa.types.is_binary_view,
+         "string_view": pa.types.is_string_view}
+REPEATED_NAMES = "repeated_names"  # a kind of schema, not of column: two columns of one name
 
 
 def check_writable(schema: pa.Schema, fmt: Format, target: str) -> None:
     """Refuse, before any labelling, columns the output format cannot hold (each writer would fail
-    at the first row otherwise, after the input was read)."""
-    import pyarrow.types as t
-
-    def nested(typ: pa.DataType) -> bool:
-        return t.is_list(typ) or t.is_large_list(typ) or t.is_fixed_size_list(typ) or t.is_struct(typ) or (
-            t.is_map(typ) or t.is_union(typ) or getattr(t, "is_list_view", lambda _: False)(typ))
-
-    def binary(typ: pa.DataType) -> bool:
-        return t.is_binary(typ) or t.is_large_binary(typ) or t.is_fixed_size_binary(typ) or t.is_binary_view(typ)
-
-    if fmt is Format.CSV:
-        bad = [f for f in schema if nested(f.type) or t.is_binary_view(f.type) or t.is_string_view(f.type)]
-        fix = "CSV holds flat values only: write Parquet or JSON Lines"
-    elif fmt is Format.JSONL:
-        bad = [f for f in schema if binary(f.type)]
-        fix = "JSON has no bytes: write Parquet, or CSV"
+    at the first row otherwise, after the input was read); the formats that can hold them are named."""
+    if REPEATED_NAMES in fmt.cannot_hold:
         dup = sorted({n for n in schema.names if schema.names.count(n) > 1})
         if dup:
             raise OutputError(f"Cannot write {display_name(target)}: column(s) {', '.join(map(repr, dup))} appear "
-                              "more than once, and a JSON object has one value a key. Write Parquet or CSV.")
-    else:
-        bad = []
+                              f"more than once, and a JSON object has one value a key. Write "
+                              f"{_holding(fmt, [REPEATED_NAMES])}.")
+    kinds = [k for k in fmt.cannot_hold if k in KINDS]
+    bad = [f for f in schema if any(KINDS[k](f.type) for k in kinds)]
     if bad:
+        found = [k for k in kinds if any(KINDS[k](f.type) for f in bad)]
         raise OutputError(f"Cannot write {display_name(target)}: column(s) "
-                          f"{', '.join(f'{f.name!r} ({f.type})' for f in bad)}: {fix}.")
+                          f"{', '.join(f'{f.name!r} ({f.type})' for f in bad)}: {fmt.holds}: write "
+                          f"{_holding(fmt, found)}.")
 
 
-class TableWriter:
-    """One format's incremental writer on an open binary file: write(batch)... then close().
-    The one place a format is written (the local Writer and Ray's part files both use it)."""
+def _holding(fmt: Format, kinds: list[str]) -> str:
+    """The other writable formats that hold every one of `kinds`, for a message: "Parquet or CSV"."""
+    names = tuple(n for n in formats.writable() if n != fmt.name
+                  and not set(kinds) & set(formats.REGISTRY[n].cannot_hold))
+    return formats.titles(names)
 
-    def __init__(self, file: Any, fmt: Format, schema: pa.Schema, delimiter: str = ",",
-                 options: WriteOptions | None = None):
-        if fmt not in WRITABLE:
-            raise OutputError(f"{fmt.value} is an input format only; write {', '.join(f.value for f in WRITABLE)}.")
-        self.file, self.format, self.delimiter = file, fmt, delimiter
-        self.options = options or WriteOptions()
-        self._writer: Any = None
-        if fmt is Format.JSONL:
-            from emolabel.jsonl import JsonLinesWriter  # how JSON Lines objects are written: jsonl.py
 
-            self._json = JsonLinesWriter()
-        elif fmt is Format.PARQUET:  # a row group per write: a stream's reader gets each chunk as it is labelled
-            self._writer = pq.ParquetWriter(file, schema, compression=self.options.parquet_compression)
-        elif fmt is Format.CSV:
-            file.write(csv_text.header(schema.names, delimiter, self.options.quote_empty))
+class CsvTableWriter:
+    """formats.CSV's writer: the header now, then each batch as CSV text (csv_text.py)."""
+
+    def __init__(self, file: Any, schema: pa.Schema, delimiter: str, options: WriteOptions):
+        self.file, self.delimiter, self.options = file, delimiter, options
+        file.write(csv_text.header(schema.names, delimiter, options.quote_empty))
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
-        if self.format is Format.JSONL:
-            self.file.write(self._json.dumps(batch))
-        elif self.format is Format.CSV:
-            self.file.write(csv_text.encode(batch, self.delimiter, self.options.quote_empty))
-        elif isinstance(batch, pa.Table):
+        self.file.write(csv_text.encode(batch, self.delimiter, self.options.quote_empty))
+
+    def close(self) -> None:
+        pass
+
+
+class ParquetTableWriter:
+    """formats.PARQUET's writer: a row group per write (a stream's reader gets each chunk as it
+    is labelled), the footer at close."""
+
+    def __init__(self, file: Any, schema: pa.Schema, delimiter: str, options: WriteOptions):
+        self._writer = pq.ParquetWriter(file, schema, compression=options.parquet_compression)
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if isinstance(batch, pa.Table):
             self._writer.write_table(batch)
         else:
             self._writer.write(batch)
 
     def close(self) -> None:
+        self._writer.close()
+
+
+class JsonLinesTableWriter:
+    """formats.JSONL's writer: how JSON Lines objects are written is jsonl.JsonLinesWriter's."""
+
+    def __init__(self, file: Any, schema: pa.Schema, delimiter: str, options: WriteOptions):
+        from emolabel.jsonl import JsonLinesWriter
+
+        self.file, self._json = file, JsonLinesWriter()
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        self.file.write(self._json.dumps(batch))
+
+    def close(self) -> None:
+        pass
+
+
+class TableWriter:
+    """One format's incremental writer on an open binary file: write(batch)... then close().
+    The one place a format is written (the local Writer and Ray's part files both use it): the
+    writer its record names (formats.py)."""
+
+    def __init__(self, file: Any, fmt: Format, schema: pa.Schema, delimiter: str = ",",
+                 options: WriteOptions | None = None):
+        if not fmt.writable:
+            raise OutputError(f"{fmt.name} is an input format only; write {', '.join(formats.writable())}.")
+        self.file, self.format, self.delimiter = file, fmt, delimiter
+        self.options = options or WriteOptions()
+        self._writer = fmt.writer_class()(file, schema, delimiter, self.options)  # CSV writes its header now
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        self._writer.write(batch)
+
+    def close(self) -> None:
         """Finish the format (Parquet's footer); the file itself stays open."""
-        if self._writer is not None:
-            self._writer.close()
+        self._writer.close()
 
 
 def _remove_stale_temps(target: Path) -> None:
@@ -240,7 +289,7 @@ class Writer:
                 self._file = sinks.compressed(self._raw, codec)
         self._writer: Any = None
         try:  # CSV writes its header now
-            self._writer = TableWriter(self._file, fmt, schema, default_delimiter(sinks.strip_compression(target)),
+            self._writer = TableWriter(self._file, fmt, schema, formats.default_delimiter(sinks.strip_compression(target)),
                                        options)
         except OSError as e:
             raise self._os_error(e) from None

@@ -25,11 +25,11 @@ import pyarrow.compute as pc
 from emolabel.config import available_cpus
 from emolabel.errors import InputError, OutputError
 from emolabel.inference import Labeler, Prepared, release_free_memory
+from emolabel.inputs import Reader
 from emolabel.labels import DEFAULT_PREFIX
 from emolabel.language import count_non_english
 from emolabel.outputs import Writer  # or checkpoint.CheckpointWriter: the same write()/commit()
 from emolabel.selection import Selection
-from emolabel.tables import Reader
 
 T = TypeVar("T")
 _DONE = object()
@@ -514,12 +514,16 @@ class TagOptions:
         for name in ("chunk_rows", "batch_size", "max_tokens", "threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise OptionError(f"`{name}` must be at least 1, not {getattr(self, name)}.")
-        from emolabel.config import FORMATS, INPUT_FORMATS, PARQUET_COMPRESSIONS
+        from emolabel import formats
+        from emolabel.config import PARQUET_COMPRESSIONS
 
-        for name, known in (("input_format", INPUT_FORMATS), ("output_format", FORMATS),
-                            ("parquet_compression", PARQUET_COMPRESSIONS)):
-            if getattr(self, name) not in (None, *known):
-                raise OptionError(f"Unknown `{name}` {getattr(self, name)!r}: use {', '.join(known)}.")
+        if self.input_format is not None:
+            formats.for_reading(self.input_format)  # an unknown or write-only format names the readable ones
+        if self.output_format is not None:
+            formats.for_writing(self.output_format)
+        if self.parquet_compression not in (None, *PARQUET_COMPRESSIONS):
+            raise OptionError(f"Unknown `parquet_compression` {self.parquet_compression!r}: use "
+                              f"{', '.join(PARQUET_COMPRESSIONS)}.")
         if self.delimiter is not None and (len(self.delimiter) != 1 or self.delimiter in "\"\r\n"):
             raise OptionError(f"`delimiter` must be one character (not a quote or a line break), not {self.delimiter!r}.")
         if self.on_error not in ("fail", "skip"):
@@ -560,18 +564,20 @@ class TagOptions:
     def check_input(self, fmt: Any) -> None:
         """CSV's reading options given for another input format would do nothing: refused."""
         csv_only = [f"`{n}`" for n in ("delimiter", "detect_types", "empty_null", "text_columns") if getattr(self, n)]
-        if csv_only and fmt.value != "csv":
+        if csv_only and fmt.name != "csv":
             from emolabel.errors import OptionError
 
-            raise OptionError(f"{', '.join(csv_only)} only apply to CSV input, and the input is {fmt.value}.")
+            raise OptionError(f"{', '.join(csv_only)} only apply to CSV input, and the input is {fmt.name}.")
 
     def check_output(self, fmt: Any) -> None:
         """Parquet's writing option given for another output format would do nothing: refused."""
-        if self.parquet_compression is not None and fmt.value != "parquet":
+        if self.parquet_compression is not None and fmt.name != "parquet":
+            from emolabel import formats, sinks
             from emolabel.errors import OptionError
 
-            raise OptionError(f"`parquet_compression` only applies to Parquet output, and the output is {fmt.value} "
-                              "(a .gz or .zst name compresses CSV and JSON Lines).")
+            whole = formats.titles(tuple(f.name for f in formats.REGISTRY.values() if f.compressions))
+            raise OptionError(f"`parquet_compression` only applies to Parquet output, and the output is {fmt.name} "
+                              f"(a {' or '.join(sinks.COMPRESSIONS)} name compresses {whole}).")
 
     def write_options(self, input_format: Any) -> Any:
         """outputs.WriteOptions for a run from `input_format`."""
@@ -580,7 +586,7 @@ class TagOptions:
         return WriteOptions.for_run(input_format, self.parquet_compression)
 
     def read_options(self, json_out: bool = False, reserved: tuple[str, ...] = ()) -> dict[str, Any]:
-        """tables.open_input / open_stream's options for this run: `json_out` when JSON Lines are
+        """inputs.open_input / open_stream's options for this run: `json_out` when JSON Lines are
         written (JSON Lines input is then kept as read, unless `columns` picks keys: those are written
         from the typed table, as for Parquet), `reserved` the columns the run adds."""
         return dict(encoding=self.encoding, on_error=self.on_error, delimiter=self.delimiter,
@@ -622,30 +628,32 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
     and advance(rows, bytes_read or None): bytes for CSV and JSON Lines files, whose row count is
     not known up front.
     """
-    from emolabel import checkpoint, outputs, tables
+    from emolabel import checkpoint, formats, outputs
     from emolabel.classifier import spec
     from emolabel.config import default_model_dir
     from emolabel.errors import OptionError
+    from emolabel.files import STDIO, expand_inputs, is_regular_file
     from emolabel.inference import resolve_device
+    from emolabel.inputs import open_inputs
 
     started = time.perf_counter()
     input, output = as_paths(input, output)
     opts = options or TagOptions()
     opts.check()
     output = outputs.resolve_output(output)
-    inputs = tables.expand_inputs(input)
-    in_fmt = tables.format_of(inputs, opts.input_format)
+    inputs = expand_inputs(input)
+    in_fmt = formats.format_of(inputs, opts.input_format)
     out_fmt = outputs.output_format(output, opts.output_format)  # None: stdout, in the input's format
     if out_fmt is not None:
         opts.check_output(out_fmt)
     # Progress can be committed and resumed only between regular files: a pipe or FIFO given as a
     # path cannot be read twice (fingerprinting it would steal rows from the reader).
-    checkpointed = not outputs.is_stream(output) and all(p != tables.STDIO and tables.is_regular_file(p) for p in inputs)
+    checkpointed = not outputs.is_stream(output) and all(p != STDIO and is_regular_file(p) for p in inputs)
     if opts.resume and not checkpointed:
         raise OptionError("`resume` needs an input file and an output file (not stdin/stdout, a pipe or a FIFO).")
     for path in inputs:
         outputs.check_output(output, path, opts.overwrite)
-    if output == tables.STDIO and sys.stdout is not None and sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
+    if output == STDIO and sys.stdout is not None and sys.stdout.isatty() and out_fmt is formats.PARQUET:
         raise OptionError("Refusing to write Parquet to a terminal; write to a file.")
 
     dev = resolve_device(opts.device)
@@ -655,13 +663,13 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
     model = spec(folder)  # emolabel's own folder or a transformers classifier
     selection = Selection.of(opts, model.labels, model.multi_label)
     added = (*selection.added(), *([source] if source else []))
-    reader = tables.open_inputs(inputs, in_fmt, source_column=source, chunk_rows=opts.chunk_rows,
-                                **opts.read_options(out_fmt in (None, tables.Format.JSONL), added))
+    reader = open_inputs(inputs, in_fmt, source_column=source, chunk_rows=opts.chunk_rows,
+                         **opts.read_options(out_fmt in (None, formats.JSONL), added))
     writer: Any = None
     try:
         if out_fmt is None:  # stdout: the input's format unless told (lines in: CSV out)
-            out_fmt = reader.format if reader.format in tables.WRITABLE else tables.Format.CSV
-            if sys.stdout is not None and sys.stdout.isatty() and out_fmt is tables.Format.PARQUET:
+            out_fmt = reader.format if reader.format.writable else formats.CSV
+            if sys.stdout is not None and sys.stdout.isatty() and out_fmt is formats.PARQUET:
                 raise OptionError("Refusing to write Parquet to a terminal; give another `output_format`.")
         opts.check_input(reader.format)
         opts.check_output(out_fmt)
@@ -670,7 +678,7 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
         schema = check_columns(reader.schema, reader.name, opts.text_column, selection, warn=False,
                                always=(source,) if source else ())
         outputs.check_writable(schema, out_fmt, output)
-        if out_fmt is tables.Format.CSV and len(schema) == 1:
+        if out_fmt is formats.CSV and len(schema) == 1:
             raise OptionError(f"A CSV of the {schema.names[0]!r} column alone would write each row without text as a "
                               "blank line, which CSV readers skip; keep an input column (`columns`), or write "
                               "Parquet or JSON Lines.")
@@ -680,8 +688,8 @@ def tag_file(input: str | list[str], output: str, options: TagOptions | None = N
         if checkpointed:
             resolved = dataclasses.replace(opts, max_length=labeler.max_length, precision=labeler.precision,
                                            device=labeler.device.type, batch_size=labeler.batch_size,
-                                           max_tokens=labeler.max_tokens, input_format=reader.format.value,
-                                           output_format=out_fmt.value)
+                                           max_tokens=labeler.max_tokens, input_format=reader.format.name,
+                                           output_format=out_fmt.name)
             writer = checkpoint.CheckpointWriter(output, out_fmt, schema,
                                                  checkpoint.fingerprint(inputs[0] if len(inputs) == 1 else inputs, folder,
                                                                        resolved.output_options()),

@@ -64,8 +64,8 @@ def check(model_dir: str | Path, data: list[Any], on_rows: Callable[[int], None]
     """Score the tables (load_tables) in fp32 and in bf16 on the CPU and compare: what record() writes
     to precision-check.json. `on_rows` is told the rows scored as they go (twice each row)."""
     from emolabel.evaluate import predict_proba
+    from emolabel.files import file_sha256
     from emolabel.inference import Labeler
-    from emolabel.tables import file_sha256
 
     folder = Path(model_dir)
     probs = {}
@@ -126,7 +126,7 @@ def record(model_dir: str | Path, result: dict[str, Any]) -> Path:
 
 def passed(model_dir: str | Path) -> bool:
     """True when the folder records a passing bf16 check on the weights it holds now."""
-    from emolabel.tables import file_sha256
+    from emolabel.files import file_sha256
 
     folder = Path(model_dir)
     try:

@@ -7,10 +7,10 @@
 The same pieces as the local engine (emolabel.engines says which), run by Ray Data; Ray's
 internals are touched only in emolabel.ray_adapter. Install with `pip install 'emolabel[ray]'`.
 
-* Read: each file is read by one task with tables.open_stream (every reader option: encoding,
+* Read: each file is read by one task with inputs.open_stream (every reader option: encoding,
   CSV with every column as text, JSON Lines' type rules, Parquet) and its columns checked with
   pipeline.check_columns. Ray resolves paths and filesystems: local paths, folders and
-  object-store URIs (s3://, gs://, abfs://, hdfs://, file://); globs are expanded by tables.
+  object-store URIs (s3://, gs://, abfs://, hdfs://, file://); globs are expanded by files.py.
 * Row ids: Ray does not keep row order, so every row carries a join key: `id_column`, or
   `{prefix}_row_id` = "<source path>#<0-based row in that file>". The index is counted inside the
   read of that file, which Ray replays from the first byte on a retry, so an id never changes.
@@ -48,8 +48,10 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from emolabel import outputs, tables
+from emolabel import formats, outputs
 from emolabel.errors import EmolabelError, InputError, OptionError
+from emolabel.files import STDIO, expand_inputs, is_uri
+from emolabel.inputs import check_same_columns, open_stream, schema_of
 from emolabel.pipeline import Summary, TagOptions
 from emolabel.ray_adapter import RAY_MISSING, READ_WRITE_CPUS
 from emolabel.signals import Interrupted
@@ -107,26 +109,26 @@ class RayEngine:
         started = time.perf_counter()
         opts = options
         opts.check()
-        if output == tables.STDIO:
+        if output == STDIO:
             raise OptionError("The Ray engine writes a folder of part files: give `output` FOLDER.")
         pool = self.pool()
         if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
             raise OptionError("`cpus_per_worker` must be positive, `gpus_per_worker` not negative.")
-        paths = tables.expand_inputs(inputs, folders=True, absolute=True)
-        fmt = tables.format_of(paths, opts.input_format)
+        paths = expand_inputs(inputs, folders=True, absolute=True)
+        fmt = formats.format_of(paths, opts.input_format)
         if fmt is None:
             raise OptionError("The Ray engine reads files, not stdin: give file paths, globs or URIs.")
         opts.check_input(fmt)
         model = Path(opts.model or default_model_dir()).resolve()
         labels = list(spec(model).labels)  # a bad model folder fails here, before Ray starts
         read = self._read_options(opts, labels)
-        first = tables.schema_of(paths[0], fmt, opts.chunk_rows or CHUNK_ROWS, **read)  # all match it
+        first = schema_of(paths[0], fmt, opts.chunk_rows or CHUNK_ROWS, **read)  # all match it
         if first is not None:  # `columns` and `top_k` checked before Ray starts too (each read task checks its file)
             from emolabel.selection import Selection
 
             Selection.of(opts, labels).kept(first.names, paths[0], (self.id_column,) if self.id_column else ())
         outputs.check_output_folder(output, opts.overwrite, paths)
-        schemes = {p.split("://", 1)[0] if tables.is_uri(p) else "" for p in paths}
+        schemes = {p.split("://", 1)[0] if is_uri(p) else "" for p in paths}
         if len(schemes) > 1:
             raise InputError("Inputs mix filesystems (local paths and URIs, or several schemes); use one per job.")
 
@@ -153,9 +155,9 @@ class RayEngine:
 
         row_id = () if self.id_column else (f"{opts.prefix}_row_id",)
         added = (*Selection.of(opts, labels).added(), *row_id, SOURCE_COLUMN)
-        return opts.read_options(json_out=opts.output_format == tables.Format.JSONL.value, reserved=added)
+        return opts.read_options(json_out=opts.output_format == formats.JSONL.name, reserved=added)
 
-    def _job(self, ray: Any, paths: list[str], fmt: tables.Format, output: str, opts: TagOptions,
+    def _job(self, ray: Any, paths: list[str], fmt: formats.Format, output: str, opts: TagOptions,
              labels: list[str], model: Path, pool: int | tuple[int, int],
              first: pa.Schema | None) -> Summary:
         import pyarrow.fs as pafs
@@ -163,12 +165,12 @@ class RayEngine:
 
         from emolabel import ray_adapter as adapter
 
-        out_fmt = tables.Format(opts.output_format or "parquet")
+        out_fmt = formats.for_writing(opts.output_format or "parquet")
         opts.check_output(out_fmt)
         io_tasks = max(2, pool if isinstance(pool, int) else pool[1])
         chunk = opts.chunk_rows or CHUNK_ROWS
-        scheme = f"{paths[0].split('://', 1)[0]}://" if tables.is_uri(paths[0]) else ""  # Ray strips it
-        remote = tables.is_uri(output)
+        scheme = f"{paths[0].split('://', 1)[0]}://" if is_uri(paths[0]) else ""  # Ray strips it
+        remote = is_uri(output)
         fs: Any = None
         target = None
         try:
@@ -183,7 +185,7 @@ class RayEngine:
                                      labels=labels,
                                      id_column=self.id_column, chunk=chunk, first=(paths[0], first))
             try:
-                source = adapter.files_datasource(paths, read, parquet=fmt is tables.Format.PARQUET)
+                source = adapter.files_datasource(paths, read, parquet=fmt.seekable)
             except (OSError, ValueError, pa.ArrowException) as e:  # listing: a missing file or prefix
                 raise InputError(f"Cannot read {', '.join(paths[:5])}: {e}") from None
             ds = ray.data.read_datasource(source, num_cpus=READ_WRITE_CPUS,
@@ -202,7 +204,7 @@ class RayEngine:
                                                crash_marker=os.environ.get(CRASH_ENV) or None,
                                                key=self.id_column or f"{opts.prefix}_row_id"),
                     udf_modifying_row_count=False, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
-            sink = adapter.parts_sink(write_to, out_fmt.value, functools.partial(_write_part, out_fmt, opts.write_options(fmt)),
+            sink = adapter.parts_sink(write_to, out_fmt.name, functools.partial(_write_part, out_fmt, opts.write_options(fmt)),
                                       functools.partial(_count_part, opts.prefix))
             try:
                 with warnings.catch_warnings():  # Ray's note that a small input cannot use every task slot
@@ -257,7 +259,7 @@ def tag_with_ray(inputs: list[str] | str, output_dir: str, *, workers: Any = 1, 
 # -- in the read tasks ------------------------------------------------------------------------
 
 
-def _read_file(f: Any, path: str, *, scheme: str, fmt: tables.Format, opts: TagOptions, read: dict[str, Any],
+def _read_file(f: Any, path: str, *, scheme: str, fmt: formats.Format, opts: TagOptions, read: dict[str, Any],
                labels: list[str],
                id_column: str | None, chunk: int, first: tuple[str, pa.Schema | None]) -> Iterator[pa.Table]:
     """One file, from its first byte: checked, each row given its id and its file."""
@@ -268,13 +270,13 @@ def _read_file(f: Any, path: str, *, scheme: str, fmt: tables.Format, opts: TagO
     from emolabel.selection import Selection
 
     name = scheme + path
-    stream = f if fmt is tables.Format.PARQUET else io.BufferedReader(f, 1 << 20)
-    reader = tables.open_stream(name, stream, fmt, chunk_rows=chunk, **read)
+    stream = f if fmt.seekable else io.BufferedReader(f, 1 << 20)
+    reader = open_stream(name, stream, fmt, chunk_rows=chunk, **read)
     row_id = None if id_column else f"{opts.prefix}_row_id"
     check_columns(reader.schema, name, opts.text_column, Selection.of(opts, labels),
                   added=(row_id, SOURCE_COLUMN) if row_id else (SOURCE_COLUMN,), always=(id_column,) if id_column else ())
     if first[1] is not None:  # then the same columns and types as the first file (the local engine's rule)
-        tables.check_same_columns(name, reader.schema, first[0], first[1])
+        check_same_columns(name, reader.schema, first[0], first[1])
     names = reader.keys if reader.keys is not None else reader.schema.names  # JSON Lines kept as read: its keys
     if id_column is not None and id_column not in names:
         raise InputError(f"id column {id_column!r} not found in {name}. Available columns: {', '.join(names)}.")
@@ -371,7 +373,7 @@ def _count_part(prefix: str, table: pa.Table) -> tuple[pa.Table, dict]:
     return table, summary.stats()
 
 
-def _write_part(fmt: tables.Format, options: outputs.WriteOptions, table: pa.Table, file: Any) -> None:
+def _write_part(fmt: formats.Format, options: outputs.WriteOptions, table: pa.Table, file: Any) -> None:
     writer = outputs.TableWriter(file, fmt, table.schema, options=options)
     writer.write(table)
     writer.close()

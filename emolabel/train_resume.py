@@ -61,7 +61,7 @@ def fingerprint(train_src: list[Any], valid_src: list[Any], *, base: str, labels
                 model_options: dict[str, Any], train_config: dict[str, Any], objective: str,
                 teachers: list[str] | None, teacher_logits: str | None) -> dict[str, Any]:
     """What a resumed run must find unchanged. Tables count by content (SHA-256), not by path."""
-    from emolabel.tables import file_sha256
+    from emolabel.files import file_sha256
 
     return {
         "train": {str(i + 1): {"sha256": s.sha256, "weight": s.source.weight} for i, s in enumerate(train_src)},

@@ -119,12 +119,12 @@ EMOTION_NAMES = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 
 
 def test_the_cli_choices_come_from_the_registries_the_library_checks():
-    from emolabel import config, tables
+    from emolabel import config, formats
 
-    assert list(config.INPUT_FORMATS) == tables.FORMAT_NAMES == [f.value for f in tables.Format]
-    assert list(config.FORMATS) == [f.value for f in tables.WRITABLE]
+    assert list(config.FORMATS) == [f.name for f in formats.REGISTRY.values() if f.readable and f.writable]
     opts = {p.name: p for p in cli.commands["tag"].params}
-    assert list(opts["input_format"].type.choices) == list(config.INPUT_FORMATS)
+    assert list(opts["input_format"].type.choices) == list(formats.readable())
+    assert list(opts["output_format"].type.choices) == list(formats.writable())
     assert list(opts["precision"].type.choices) == list(config.PRECISIONS)
     ft = {p.name: p for p in cli.commands["finetune"].params}
     assert list(ft["normalization"].type.choices) == list(config.NORMALIZATIONS)

@@ -81,7 +81,7 @@ def _finetune(tables, out, base, events):
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 units: finetune runs no bf16 check")
 def test_finetune_records_the_bf16_check_of_the_weights_it_wrote(tmp_path, tiny_base, tables):
     from emolabel import precision_check
-    from emolabel.tables import file_sha256
+    from emolabel.files import file_sha256
 
     events = []
     out = tmp_path / "m"

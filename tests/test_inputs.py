@@ -74,7 +74,7 @@ def test_detect_types_and_empty_null_give_typed_parquet(tmp_path, tiny_model):
 
 
 def test_detect_types_names_a_value_that_does_not_fit(tmp_path, tiny_model):
-    from emolabel.tables import open_input
+    from emolabel.inputs import open_input
 
     src = tmp_path / "drift.csv"
     src.write_text("id,text\n" + "".join(f"{i},hi\n" for i in range(200_000)) + "x7,hi\n")  # past the first block
@@ -167,7 +167,7 @@ def test_parquet_on_stdin_with_no_room_to_buffer_it_is_a_clear_error(monkeypatch
 
     import pyarrow as pa
 
-    from emolabel.tables import open_input
+    from emolabel.inputs import open_input
 
     data = io.BytesIO()
     pq.write_table(pa.table({"text": ["hi"] * 10}), data)

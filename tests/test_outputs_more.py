@@ -156,7 +156,7 @@ def test_names_that_do_not_fit_the_format_are_usage_errors(tmp_path, tiny_model,
 @pytest.mark.parametrize("name, option, fmt", [("labelled", "parquet", "parquet"), ("x.tsv", "csv", "csv"),
                                                ("x.gz", "jsonl", "jsonl"), ("x.json", "jsonl", "jsonl")])
 def test_a_name_without_a_format_or_of_the_same_format_takes_the_option(name, option, fmt):
-    assert outputs.output_format(name, option).value == fmt
+    assert outputs.output_format(name, option).name == fmt
 
 
 # -- 4. compressed outputs and Parquet's codec ------------------------------------------------

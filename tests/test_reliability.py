@@ -233,7 +233,7 @@ def test_an_open_quote_that_never_closes_is_an_error_naming_its_line(tmp_path, t
 def test_the_opening_quote_is_found_across_pieces():
     import io
 
-    from emolabel.tables import _RowBlocks
+    from emolabel.csv_reader import _RowBlocks
 
     body = b"".join(b'%d,"row %d, quoted"\n' % (i, i) for i in range(5000)) + b'5000,"never closed\n5001,x\n'
     blocks = _RowBlocks(b"id,text\n", io.BytesIO(body), piece=4096)
@@ -325,12 +325,12 @@ def test_an_output_that_appears_while_a_run_labels_is_not_replaced(tmp_path, tin
 
 def test_a_writer_without_overwrite_leaves_a_file_that_appeared_at_its_target(tmp_path):
     """Runs that cannot take the lock (stdin in) check at the last moment, just before the rename."""
+    from emolabel import formats
     from emolabel.outputs import Writer
-    from emolabel.tables import Format
 
     out = tmp_path / "out.csv"
     table = _table(3)
-    w = Writer(str(out), Format.CSV, table.schema, overwrite=False)
+    w = Writer(str(out), formats.CSV, table.schema, overwrite=False)
     w.write(table.to_batches()[0])
     out.write_text("someone else's\n")
     with pytest.raises(OutputError, match="created by someone else"):

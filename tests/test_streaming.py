@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emolabel.tables import _RowBlocks, open_input
+from emolabel.csv_reader import _RowBlocks
+from emolabel.inputs import open_input
 
 field = st.text(alphabet=st.sampled_from(list('ab ,"\n\r\'é😀')), max_size=300)
 

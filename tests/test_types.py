@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
+from emolabel import formats
 from emolabel.errors import EmolabelWarning, InputError
-from emolabel.tables import Format, open_input, open_stream
+from emolabel.inputs import open_input, open_stream
 
 ADDED = ["emotion", "emotion_score"]
 
@@ -111,10 +112,10 @@ def test_a_json_lines_stream_is_typed_from_its_first_lines_and_refuses_a_misfit(
              (b'{"n": 1.5}\n' * 3 + b'{"n": 9007199254740993}\n', "line 4: key 'n' holds 9007199254740993"),
              (b'{"n": 1}\n' * 3 + b'{"m": 1}\n', "line 4: key 'm' first appears here")]
     for data, message in cases:
-        reader = open_stream("<stdin>", io.BytesIO(data), Format.JSONL, chunk_rows=2)
+        reader = open_stream("<stdin>", io.BytesIO(data), formats.JSONL, chunk_rows=2)
         with pytest.raises(InputError, match=message):
             list(reader)
-    fine = open_stream("<stdin>", io.BytesIO(b'{"n": 1.5}\n' * 3 + b'{"n": 2}\n{"n": null}\n'), Format.JSONL,
+    fine = open_stream("<stdin>", io.BytesIO(b'{"n": 1.5}\n' * 3 + b'{"n": 2}\n{"n": null}\n'), formats.JSONL,
                        chunk_rows=2)
     assert pa.Table.from_batches(list(fine)).column("n").to_pylist() == [1.5, 1.5, 1.5, 2.0, None]
 
