@@ -43,7 +43,7 @@ def _file_digest(path: Path) -> dict[str, Any]:
 
 def fingerprint(inputs: str | list[str], model_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
     """What --resume must find unchanged: the input, every file of the model folder, the options
-    that change output (pipeline.TagOptions.output_options) and emolabel's version."""
+    that change output (options.TagOptions.output_options) and emolabel's version."""
     from emolabel import __version__
 
     files = sorted(p for p in model_dir.iterdir() if p.is_file())
@@ -102,6 +102,14 @@ def read_progress(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and isinstance(data.get("parts"), list) else None
+
+
+def saved_rows(target: str) -> int:
+    """Rows an interrupted run to `target` left committed for resume (0: none, or stdout)."""
+    if target == "-":
+        return 0
+    data = read_progress(resume_dir(target) / PROGRESS)
+    return int(data.get("rows", 0)) if data else 0
 
 
 class CheckpointWriter:

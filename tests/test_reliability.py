@@ -16,7 +16,7 @@ from helpers import invoke, read_path, write_table
 import emolabel
 from emolabel import checkpoint
 from emolabel.errors import OptionError, OutputError
-from emolabel.pipeline import TagOptions
+from emolabel.options import TagOptions
 
 
 def _table(n: int) -> pa.Table:
