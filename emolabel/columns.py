@@ -1,13 +1,13 @@
 """The column checks of a run, before any work: the text column exists and holds text, the added
-columns do not clash with kept ones (a wrong `text_column`, `prefix` or `columns` is an
-OptionError, a usage error); and a bytes text column read as UTF-8, naming the bad row."""
+columns do not clash with kept ones (a wrong `text_column` or `prefix` is an
+InputOptionError: a usage error); and a bytes text column read as UTF-8, naming the bad row."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from emolabel.errors import InputError, OptionError
+from emolabel.errors import InputError, InputOptionError
 from emolabel.selection import Selection
 
 
@@ -29,13 +29,13 @@ def check_text_column(schema: pa.Schema, name: str, text_column: str, warn: bool
                         f"`delimiter` {sep!r}.")
             elif not near:
                 hint = " If the input is plain text, one text per line with no header, use `input_format` lines."
-        raise OptionError(
+        raise InputOptionError(
             f"Column {text_column!r} not found in {name}.{hint} Available columns: "
             f"{', '.join(names)}. Use `text_column` to choose."
         )
     typ = schema.field(text_column).type
     if pa.types.is_nested(typ):
-        raise OptionError(f"Column {text_column!r} of {name} holds {typ} values, not text. Use `text_column` to choose "
+        raise InputOptionError(f"Column {text_column!r} of {name} holds {typ} values, not text. Use `text_column` to choose "
                          f"a text column ({', '.join(f.name for f in schema if pa.types.is_string(f.type)) or 'none'}).")
     if warn and not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
                      or pa.types.is_null(typ)):
@@ -87,7 +87,7 @@ def check_columns(schema: pa.Schema, name: str, text_column: str, selection: Sel
     kept = selection.kept(schema.names, name, always)
     clash = [c for c in [*selection.added(), *added] if c in kept]
     if clash:
-        raise OptionError(
+        raise InputOptionError(
             f"{name} already has column(s) {', '.join(clash)}, which tag would add. "
             "Use `prefix` to name the new columns differently (e.g. `prefix` predicted), or leave "
             "the old ones out with `columns`."

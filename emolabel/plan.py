@@ -138,12 +138,12 @@ def _folder_plan(paths: list[str], output: str, opts: TagOptions, engine: Any, s
     """A run into a folder of part files (Ray): files read by the engine's workers, each row given
     a join key; the first file's columns checked here."""
     if output == tables.STDIO:
-        raise OptionError(f"The {engine.name} engine writes a folder of part files: give `output` FOLDER.")
+        raise OptionError(f"The {engine.name.capitalize()} engine writes a folder of part files: give `output` FOLDER.")
     engine.check_settings()
     inputs = tables.expand_inputs(paths, folders=True, absolute=True)
     in_fmt = tables.format_of(inputs, opts.input_format)
     if in_fmt is None:
-        raise OptionError(f"The {engine.name} engine reads files, not stdin: give file paths, globs or URIs.")
+        raise OptionError(f"The {engine.name.capitalize()} engine reads files, not stdin: give file paths, globs or URIs.")
     opts.check_input(in_fmt)
     out_fmt = tables.Format(opts.output_format or engine.output_format)
     opts.check_output(out_fmt)
@@ -173,7 +173,8 @@ def model_folder(model: str | None) -> Path:
     if model is None:
         return default_model_dir()
     if not Path(model).exists():
-        raise OptionError(f"Model folder {model} does not exist.")
+        raise OptionError(f"Model folder {model} does not exist: give `model` a model folder (emolabel's, or a "
+                          "Hugging Face sequence-classification folder).")
     return Path(model)
 
 

@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from emolabel import outputs, tables
-from emolabel.errors import EmolabelError, InputError, OptionError
+from emolabel.errors import EmolabelError, InputError, InputOptionError, OptionError
 from emolabel.plan import TagPlan
 from emolabel.ray_adapter import RAY_MISSING, READ_WRITE_CPUS, Signals
 from emolabel.summary import Summary
@@ -254,7 +254,7 @@ def _read_file(f: Any, path: str, *, scheme: str, plan: TagPlan, id_column: str 
         tables.check_same_columns(name, reader.schema, plan.inputs[0], plan.input_schema)
     names = reader.keys if reader.keys is not None else reader.schema.names  # JSON Lines kept as read: its keys
     if id_column is not None and id_column not in names:
-        raise OptionError(f"`id_column` {id_column!r} not found in {name}. Available columns: {', '.join(names)}.")
+        raise InputOptionError(f"`id_column` {id_column!r} not found in {name}. Available columns: {', '.join(names)}.")
     start = 0  # the row index within this file: counted here, in file order
     for batch in reader:
         n = batch.num_rows

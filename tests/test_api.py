@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 import emolabel
-from emolabel.errors import InputError, OptionError
+from emolabel.errors import InputError
 from emolabel.labels import column_names
 
 
@@ -127,6 +127,6 @@ def test_label_frame_refuses_what_it_cannot_label_by_name(tiny_model):
         emolabel.label_frame(mixed, labeler=lab)
     with pytest.raises(InputError, match=r"^Column 'text' of the frame, row 1 \(index 0\), is not text"):
         emolabel.label_frame(pd.DataFrame({"text": pd.Series(["caf\udce9"], dtype=object)}), labeler=lab)
-    with pytest.raises(OptionError) as e:  # a frame has no input format or delimiter to suggest
+    with pytest.raises(InputError) as e:  # a frame has no input format or delimiter to suggest
         emolabel.label_frame(pl.DataFrame({"body": ["x"]}), labeler=lab)
     assert str(e.value) == "Column 'text' not found in the frame. Available columns: body. Use `text_column` to choose."

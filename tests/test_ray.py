@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationW
               pytest.mark.filterwarnings("ignore:The maximum number of concurrent tasks:UserWarning")]
 
 import emolabel  # noqa: E402
-from emolabel.errors import InputError, OptionError, OutputError  # noqa: E402
+from emolabel.errors import InputError, InputOptionError, OptionError, OutputError  # noqa: E402
 from emolabel.ray_engine import CRASH_ENV, RAY_MISSING, SUCCESS, RayEngine  # noqa: E402
 
 JOB_TIMEOUT = PATIENCE  # a hang safety net, not a speed check: a healthy job takes about 5 s here
@@ -207,10 +207,10 @@ def test_failing_job_names_the_file_and_leaves_no_output(tiny_model, tmp_path):
     pa_csv.write_csv(pa.table({"text": texts(40)}), good)
     pa_csv.write_csv(pa.table({"body": texts(40)}), bad)
     out = tmp_path / "out"
-    with pytest.raises(OptionError) as err:  # a `text_column` the second file lacks: a usage error, as locally
+    with pytest.raises(InputOptionError) as err:  # a `text_column` the second file lacks: exit 2, as locally
         run_job([str(good), str(bad)], str(out), model=str(tiny_model), chunk_rows=16, device="cpu")
     assert str(bad) in str(err.value) and "'text' not found" in str(err.value)
-    assert type(err.value) is OptionError  # a plain emolabel error, not Ray's wrapper
+    assert type(err.value) is InputOptionError  # a plain emolabel error, not Ray's wrapper
     assert not out.exists() and siblings(out) == []
 
 

@@ -152,7 +152,8 @@ def test_missing_model_folder(tmp_path):
     src = write_table(sample_table(3), tmp_path / "in.csv", "csv")
     r = invoke("tag", str(src), "-o", str(tmp_path / "o.csv"), "--model", str(tmp_path / "nope"))
     assert r.exit_code == 2
-    assert r.stderr.strip().splitlines()[-1] == f"Error: Model folder {tmp_path / 'nope'} does not exist."
+    assert r.stderr.strip().splitlines()[-1] == (f"Error: Model folder {tmp_path / 'nope'} does not exist: give --model a "
+                                                 "model folder (emolabel's, or a Hugging Face sequence-classification folder).")
     assert not (tmp_path / "o.csv").exists()
 
 
