@@ -1,7 +1,7 @@
 """The Ray engine against the local engine on the same input, in the same run.
 
 Builds N rows of emotion-dataset texts (bench/throughput.py's inputs), labels them with
-`python -m emolabel tag in.parquet -o out.parquet` and with `tag_with_ray` (2 actors of 1 CPU
+`python -m emolabel tag in.parquet -o out.parquet` and with `emolabel.tag_file(..., engine=RayEngine(...))` (2 actors of 1 CPU
 by default), both in fresh processes with the same model, and prints one JSON line: rows/s of
 each end to end (process start to finish: Python, model load, for Ray also the cluster start),
 Ray's own job rate (from its summary, after the cluster is up) and the ratio ray / local.
@@ -27,10 +27,11 @@ from throughput import DATA, dataset_texts, write_inputs  # noqa: E402
 
 RAY_JOB = r"""
 import json, sys
-from emolabel.ray_engine import tag_with_ray
+import emolabel
+from emolabel.ray_engine import RayEngine
 src, out, model, workers, cpus, batch, device = sys.argv[1:8]
-s = tag_with_ray([src], out, model=model, workers=int(workers), cpus_per_worker=float(cpus),
-                 chunk_rows=int(batch), device=device)
+s = emolabel.tag_file([src], out, engine=RayEngine(workers=int(workers), cpus_per_worker=float(cpus)), model=model,
+                      chunk_rows=int(batch), device=device)
 print(json.dumps({"rows": s.rows, "empty": s.empty, "seconds": s.seconds, "rows_per_s": s.rows_per_s}))
 """
 

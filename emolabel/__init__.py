@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from emolabel.inference import Labeler
-    from emolabel.pipeline import Summary, TagOptions
+    from emolabel.options import TagOptions
+    from emolabel.summary import Summary
 
 
 def load(model_dir: str | None = None, device: str = "auto", precision: str = "auto", **kwargs: Any) -> Labeler:
@@ -32,36 +33,37 @@ def load(model_dir: str | None = None, device: str = "auto", precision: str = "a
 
 def tag_file(input: str | list[str], output: str, options: TagOptions | None = None, progress: Any = None,
              engine: Any = "local", **fields: Any) -> Summary:
-    """Label every row of `input` (a file, '-' for stdin, or several files or globs) into `output`
-    (a file or '-'), as `emolabel tag` does: same formats, resume and atomic output. Options are a
-    TagOptions or its fields as keywords (text_column="body", model="weights/my-model",
-    resume=True, ...). `engine`: "local", "ray", or an engine such as
-    emolabel.ray_engine.RayEngine(workers=4) (then `output` is a folder of part files)."""
+    """Label every row of `input` (a file, '-' for stdin, or several files or globs, read in order
+    with a `{prefix}_source` column naming each row's file) into `output` (a file or '-'): the one
+    way to tag a file, and what `emolabel tag` calls. Same formats, resume and atomic output.
+    Options are a TagOptions or its fields as keywords (text_column="body",
+    model="weights/my-model", resume=True, ...). `engine`: "local", "ray", or an engine such as
+    emolabel.ray_engine.RayEngine(workers=4) (then `output` is a folder of part files).
+    `progress`, if given, has start(total_rows or None, rows_already_done, total_bytes or None)
+    and advance(rows, bytes_read or None). Raises EmolabelError (OptionError for a misused
+    option) for anything the user can fix, before any work where it can be known then."""
     import dataclasses
 
     from emolabel import engines
-    from emolabel.pipeline import TagOptions
+    from emolabel.options import TagOptions
+    from emolabel.plan import make_plan
 
     if options is not None and not isinstance(options, TagOptions):
         raise TypeError(f"`options` must be a TagOptions, not {type(options).__name__}; or give its fields as keywords.")
     base = options or TagOptions()
     opts = TagOptions.checked(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)} | fields)
-    return engines.run(engines.make(engine) if isinstance(engine, str) else engine, input, output, opts, progress)
+    runner = engines.make(engine) if isinstance(engine, str) else engine
+    with make_plan(input, output, opts, runner) as plan:
+        return runner.execute(plan, progress)
 
 
-def label_frame(frame: Any, text_column: str = "text", model: str | None = None, min_score: float | None = None,
-                prefix: str | None = None, labeler: Labeler | None = None, *, columns: list[str] | None = None,
-                probabilities: bool = True, score: bool = True, top_k: int = 0) -> Any:
-    """A Polars or pandas DataFrame (or pyarrow Table) with `tag`'s label columns added: a new
-    frame of the same kind, rows in order. Pass `labeler` (from load()) to reuse a loaded model;
-    `prefix` None is `tag`'s ("emotion"). `columns`, `probabilities`, `score`, `top_k`: which
-    columns come back, as `tag`'s options of those names. Texts that look non-English are
-    counted in an EmolabelWarning."""
-    from emolabel.frames import label_frame as run
-    from emolabel.labels import DEFAULT_PREFIX
+def __getattr__(name: str) -> Any:
+    """label_frame is frames.label_frame itself, imported when first used (it loads pyarrow and torch)."""
+    if name == "label_frame":
+        from emolabel.frames import label_frame
 
-    return run(frame, labeler, text_column, DEFAULT_PREFIX if prefix is None else prefix, min_score, model=model,
-               columns=columns, probabilities=probabilities, score=score, top_k=top_k)
+        return label_frame
+    raise AttributeError(f"module 'emolabel' has no attribute {name!r}")
 
 
 __all__ = ["__version__", "label_frame", "load", "tag_file"]

@@ -44,7 +44,7 @@ def _file_digest(path: Path) -> dict[str, Any]:
 
 def fingerprint(inputs: str | list[str], model_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
     """What --resume must find unchanged: the input, every file of the model folder, the options
-    that change output (pipeline.TagOptions.output_options) and emolabel's version."""
+    that change output (options.TagOptions.output_options) and emolabel's version."""
     from emolabel import __version__
 
     files = sorted(p for p in model_dir.iterdir() if p.is_file())
@@ -70,8 +70,9 @@ def _changes(old: dict[str, Any], new: dict[str, Any], where: str = "") -> list[
 LOCK = ".lock"
 
 # Options that do not change a label yet are in the fingerprint, and why a resume refuses them.
-_SHAPE = ("in fp32 a row's probabilities move by about 1e-6 with the shape of its batch, so the resumed "
-          "file would not be byte-identical to an uninterrupted run's.")
+_SHAPE = ("this run's forward pads batches (a GPU, int8, or an encoder that is not plain BERT), where a row's "
+          "probabilities move with the shape of its batch, so the resumed file would not be byte-identical to an "
+          "uninterrupted run's; on the CPU in fp32 or bf16 emolabel's models may change it.")
 WHY_REFUSED = {"options.batch_size": f"(`batch_size`: {_SHAPE})", "options.max_tokens": f"(`max_tokens`: {_SHAPE})",
                "options.chunk_rows": f"(`chunk_rows`: {_SHAPE})"}
 
@@ -103,6 +104,14 @@ def read_progress(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and isinstance(data.get("parts"), list) else None
+
+
+def saved_rows(target: str) -> int:
+    """Rows an interrupted run to `target` left committed for resume (0: none, or stdout)."""
+    if target == "-":
+        return 0
+    data = read_progress(resume_dir(target) / PROGRESS)
+    return int(data.get("rows", 0)) if data else 0
 
 
 class CheckpointWriter:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -11,6 +13,7 @@ import click
 from emolabel import __version__, formats
 from emolabel.config import ENGINES, PARQUET_COMPRESSIONS, PRECISIONS
 from emolabel.errors import EmolabelError
+from emolabel.progress import ProgressBar
 from emolabel.signals import Interrupted, signals_raise
 
 
@@ -63,7 +66,7 @@ def cli() -> None:
 @click.option("--parquet-compression", type=click.Choice(PARQUET_COMPRESSIONS),
               help=f"Parquet output: the codec inside the file [{PARQUET_COMPRESSIONS[0]}].")
 @click.option("--text-column", default="text", show_default=True, help="Column holding the text to label.")
-@click.option("--model", "model_dir", type=click.Path(), help="Model folder: emolabel's, or a Hugging Face sequence-classification folder as it is (default: the shipped model).")
+@click.option("--model", type=click.Path(), help="Model folder: emolabel's, or a Hugging Face sequence-classification folder as it is (default: the shipped model).")
 @click.option("--prefix", default="emotion", show_default=True, help="Name prefix of the added columns.")
 @click.option("--batch-size", type=click.IntRange(1), help="Most rows per model batch [1024 GPU, 64 CPU].")
 @click.option("--max-tokens", type=click.IntRange(2), help="Most padded tokens per batch [65536 GPU, 4096 CPU].")
@@ -81,7 +84,7 @@ def cli() -> None:
 @click.option("--detect-types", is_flag=True, help="CSV input: give numbers, booleans and ISO dates/timestamps their "
               "types where the type holds every value of the first 50,000 rows exactly (else the column stays "
               "text, as every column is without this flag); the text column stays text. The summary says the types.")
-@click.option("--text-columns", metavar="A,B", help="With --detect-types: keep these columns as text (ids, codes).")
+@click.option("--text-columns", metavar="A,B", callback=lambda ctx, param, value: _column_list(value) or (), help="With --detect-types: keep these columns as text (ids, codes).")
 @click.option("--empty-null", is_flag=True, help="CSV input: an empty cell is null (else an empty string).")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="A malformed CSV row or JSON line: stop, or leave it out and report its line.")
@@ -89,7 +92,7 @@ def cli() -> None:
               help="Rows whose top probability is below this get no label and EMOTION_status 'uncertain' "
                    "(see `emolabel eval` for the coverage each value gives). A multi-label model: the score each "
                    "label must reach to be in EMOTION (joined by |) [0.5].")
-@click.option("--columns", metavar="LIST", help="Write only these input columns, comma-separated, in this order "
+@click.option("--columns", metavar="LIST", callback=lambda ctx, param, value: _column_list(value), help="Write only these input columns, comma-separated, in this order "
               "(e.g. id,text; '' for none) [all].")
 @click.option("--probabilities/--no-probabilities", default=True, show_default=True,
               help="The EMOTION_<label> probability columns, one per label.")
@@ -109,44 +112,9 @@ def cli() -> None:
 @click.option("--ray-address", help="Ray: cluster address (default: RAY_ADDRESS, else a local Ray).")
 @click.option("--id-column", help="Ray: input column that identifies rows (default: an added EMOTION_row_id).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary on stderr.")
-def tag(
-    inputs: tuple[str, ...],
-    output: str,
-    input_format: str | None,
-    output_format: str | None,
-    parquet_compression: str | None,
-    text_column: str,
-    model_dir: str | None,
-    prefix: str,
-    batch_size: int | None,
-    max_tokens: int | None,
-    max_length: int | None,
-    chunk_rows: int | None,
-    device: str,
-    precision: str,
-    threads: int | None,
-    encoding: str,
-    delimiter: str | None,
-    detect_types: bool,
-    text_columns: str | None,
-    empty_null: bool,
-    on_error: str,
-    min_score: float | None,
-    columns: str | None,
-    probabilities: bool,
-    score: bool,
-    top_k: int,
-    limit: int | None,
-    overwrite: bool,
-    resume: bool,
-    engine: str,
-    workers: str | None,
-    cpus_per_worker: float | None,
-    gpus_per_worker: float | None,
-    ray_address: str | None,
-    id_column: str | None,
-    quiet: bool,
-) -> None:
+def tag(inputs: tuple[str, ...], output: str, engine: str, workers: str | None, cpus_per_worker: float | None,
+        gpus_per_worker: float | None, ray_address: str | None, id_column: str | None, quiet: bool,
+        **fields: Any) -> None:
     """Label every row of INPUT (a file, or - for stdin) and write it with emotion columns.
 
     Adds EMOTION (the label), EMOTION_score (its probability) and one EMOTION_<label>
@@ -183,40 +151,24 @@ def tag(
     import time
 
     begun = time.perf_counter()  # the summary's start-up includes loading torch and the libraries
+    import emolabel
     from emolabel import engines
-    from emolabel.pipeline import TagOptions
 
     console = _stderr_console(quiet)
-    options = TagOptions(text_column=text_column, model=model_dir, prefix=prefix, input_format=input_format,
-                         output_format=output_format, batch_size=batch_size, max_tokens=max_tokens,
-                         max_length=max_length, chunk_rows=chunk_rows, device=device, precision=precision,
-                         threads=threads, encoding=encoding, delimiter=delimiter, detect_types=detect_types,
-                         text_columns=tuple(c.strip() for c in text_columns.split(",")) if text_columns else (),
-                         empty_null=empty_null, on_error=on_error, min_score=min_score, limit=limit,
-                         overwrite=overwrite, resume=resume, columns=_column_list(columns),
-                         probabilities=probabilities, score=score, top_k=top_k,
-                         parquet_compression=parquet_compression)
     progress = _Progress(console, quiet)
-    import warnings
-
-    from emolabel.errors import EmolabelWarning, cli_words
-
-    def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
-        console.print(f"[yellow]Warning[/]: {cli_words(str(message))}", soft_wrap=True)
-
     try:
-        with signals_raise(), progress, warnings.catch_warnings():
-            warnings.simplefilter("always", EmolabelWarning)
-            warnings.showwarning = show
+        with signals_raise(), progress, _warnings_shown(console):
             runner = engines.make(engine, workers=workers, cpus_per_worker=cpus_per_worker,
                                   gpus_per_worker=gpus_per_worker, ray_address=ray_address, id_column=id_column)
             loading = time.perf_counter() - begun
-            summary = engines.run(runner, list(inputs), output, options, progress=progress)
+            summary = emolabel.tag_file(list(inputs), output, progress=progress, engine=runner, **fields)
             summary.seconds, summary.startup = summary.seconds + loading, summary.startup + loading
     except BrokenPipeError:
         _quiet_broken_pipe()
     except Interrupted as e:
-        saved = progress.saved_rows(output)
+        from emolabel.checkpoint import saved_rows
+
+        saved = saved_rows(output)
         where = "" if output == "-" else f" Nothing was written to {output}."
         if saved:
             how = f" {saved:,} labelled rows are saved: run the same command with --resume to continue."
@@ -227,6 +179,22 @@ def tag(
     except EmolabelError as e:
         raise _fail(e) from None
     _print_summary(console, summary, output)
+
+
+@contextlib.contextmanager
+def _warnings_shown(console: Any) -> Iterator[None]:
+    """The library's EmolabelWarnings printed on `console` as they come, in the CLI's words."""
+    import warnings
+
+    from emolabel.errors import EmolabelWarning, cli_words
+
+    def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+        console.print(f"[yellow]Warning[/]: {cli_words(str(message))}", soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", EmolabelWarning)
+        warnings.showwarning = show
+        yield
 
 
 @cli.command("label")
@@ -311,21 +279,10 @@ def _utf8_text(data: bytes, where: str) -> str:
             "Convert it first, e.g. iconv -f latin1 -t utf-8.") from None
 
 
-class _Progress:
-    """A Rich progress bar on stderr when it is a terminal (pipeline.tag_file's progress); silent otherwise."""
+class _Progress(ProgressBar):
+    """A Rich progress bar on stderr when it is a terminal (emolabel.tag_file's progress); silent otherwise."""
 
-    def __init__(self, console: Any, quiet: bool):
-        self.console = console
-        self.on = not quiet and console.is_terminal
-        self._progress: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+    _task: Any = None
 
     def start(self, total: int | None, done: int, total_bytes: int | None = None) -> None:
         """`total` rows (Parquet), else `total_bytes` of a CSV / JSON Lines file: the bar moves by
@@ -376,16 +333,6 @@ class _Progress:
         else:
             self._progress.update(self._task, completed=position or task.completed, **fields)
 
-    @staticmethod
-    def saved_rows(output: str) -> int:
-        """Rows an interrupted run left committed for --resume."""
-        if output == "-":
-            return 0
-        from emolabel.checkpoint import PROGRESS, read_progress, resume_dir
-
-        data = read_progress(resume_dir(output) / PROGRESS)
-        return int(data.get("rows", 0)) if data else 0
-
 
 def _print_summary(console: Any, s: Any, output: str) -> None:
     """One summary for every engine (pipeline.Summary)."""
@@ -400,6 +347,8 @@ def _print_summary(console: Any, s: Any, output: str) -> None:
         shown = ", ".join(map(str, s.skipped_lines[:10]))
         more = f" and {len(s.skipped_lines) - 10} more" if len(s.skipped_lines) > 10 else ""
         extra.append(f"{len(s.skipped_lines)} malformed line(s) skipped: {shown}{more}")
+    if s.precision:
+        extra.append(s.precision)
     if s.types:
         typed = [f"{k} {v}" for k, v in s.types.items() if v != "string"]
         extra.append(f"types: {', '.join(typed) or 'none'}; {'the other columns' if typed else 'every column'} text")

@@ -25,6 +25,7 @@ from emolabel.config import (
     TrainConfig,
 )
 from emolabel.errors import EmolabelError, to_click
+from emolabel.progress import ProgressBar
 
 
 def _labels_option(value: str | None) -> list[str] | None:
@@ -458,26 +459,18 @@ def _print_eval(console: Any, model_name: str, result: dict[str, Any], names: li
         console.print(st)
 
 
-class TrainProgress:
+class TrainProgress(ProgressBar):
     """finetune's progress on stderr when it is a terminal: a bar over the training steps with the
     loss and an ETA, then each validation. Fed finetune's events; silent off a terminal or with
     --quiet, where the log lines are the record. The counts are kept either way."""
 
     def __init__(self, console: Any, quiet: bool = False):
-        self.console = console
-        self.on = not quiet and console.is_terminal
+        super().__init__(console, quiet)
         self.step = 0
         self.steps = 0
         self.epochs = 0
         self.loss: float | None = None
         self.phase = ""  # what it is doing: "epoch 2/8", "validating epoch 2", "calibrating"
-        self._progress: Any = None
-
-    def __enter__(self) -> TrainProgress:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     def event(self, event: dict[str, Any]) -> None:
         kind = event["event"]
@@ -514,31 +507,16 @@ class TrainProgress:
         self._progress.update(self._progress.task_ids[0], completed=self.step, description=self.phase, loss=loss)
         self._progress.refresh()
 
-    def stop(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
 
-
-class EvalProgress:
+class EvalProgress(ProgressBar):
     """eval's progress on stderr when it is a terminal: rows scored of all tables (and their styled
     rewrites), the one being scored, and an ETA. Silent off a terminal or with --quiet."""
 
     def __init__(self, console: Any, quiet: bool = False):
-        self.console = console
-        self.on = not quiet and console.is_terminal
+        super().__init__(console, quiet)
         self.rows = 0
         self.total = 0
         self.what = ""  # the table (and style) being scored
-        self._progress: Any = None
-
-    def __enter__(self) -> EvalProgress:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
 
     def start(self, total: int) -> None:
         self.total = total

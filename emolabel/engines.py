@@ -1,45 +1,39 @@
-"""The engine seam: what runs a tag job.
+"""The engine seam: what runs a tag job, and how one is chosen.
 
-An engine takes input paths, an output and a TagOptions, and returns a Summary:
+An engine executes a plan.TagPlan (every check made, every default resolved) and returns a
+Summary:
 
-* `local` (LocalEngine): this process, pipeline.tag_file: rows in input order, resume, stdin/stdout.
+* `local` (local_engine.LocalEngine): this process: rows in input order, resume, stdin/stdout.
 * `ray` (ray_engine.RayEngine): a Ray Data actor pool over many files or an object store, into a
   folder of part files.
 
-Both read with inputs.open_stream, check columns with pipeline.check_columns, label with
-pipeline.label_chunk, write with outputs.TableWriter and count with Summary.add. An option an
-engine cannot honour is in its `unsupported` map with the reason, and run() refuses it
-(OptionError: exit 2 on the command line) before any work starts: nothing is silently dropped.
+Both read with inputs.open_stream, label with pipeline.label_chunk and the plan's Labeler, write
+with outputs.TableWriter and count with Summary.add. An option an engine cannot honour is in its
+`unsupported` map with the reason, and plan.make_plan refuses it (OptionError: exit 2 on the
+command line) before any work starts: nothing is silently dropped.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from emolabel.config import ENGINES
 from emolabel.errors import OptionError
-from emolabel.pipeline import Summary, TagOptions, as_paths
+
+if TYPE_CHECKING:
+    from emolabel.options import TagOptions
+    from emolabel.plan import TagPlan
+    from emolabel.summary import Summary
 
 
 class Engine(Protocol):
     name: ClassVar[str]
     unsupported: ClassVar[dict[str, str]]  # TagOptions fields it cannot honour -> why
+    writes_folder: ClassVar[bool]  # a folder of part files (plan._folder_plan), else a file or stdout
 
-    def run(self, inputs: list[str], output: str, options: TagOptions, progress: Any = None) -> Summary: ...
+    def check_settings(self) -> None: ...  # its own settings (OptionError)
 
-
-@dataclasses.dataclass(frozen=True)
-class LocalEngine:
-    """This process: rows in input order, resume, stdin and stdout (pipeline.tag_file)."""
-
-    name: ClassVar[str] = "local"
-    unsupported: ClassVar[dict[str, str]] = {}
-
-    def run(self, inputs: list[str], output: str, options: TagOptions, progress: Any = None) -> Summary:
-        from emolabel.pipeline import tag_file
-
-        return tag_file(inputs, output, options, progress)
+    def execute(self, plan: TagPlan, progress: Any = None) -> Summary: ...
 
 
 def make(name: str, **settings: Any) -> Engine:
@@ -49,6 +43,8 @@ def make(name: str, **settings: Any) -> Engine:
     if name == "local":
         if given:
             raise OptionError(f"{', '.join(f'`{k}`' for k in given)} only apply with `engine` ray.")
+        from emolabel.local_engine import LocalEngine
+
         return LocalEngine()
     if name == "ray":
         from emolabel.ray_engine import RayEngine
@@ -57,19 +53,12 @@ def make(name: str, **settings: Any) -> Engine:
     raise OptionError(f"Unknown `engine` {name!r}: use {', '.join(ENGINES)}.")
 
 
-def check(engine: Engine, options: TagOptions) -> None:
+def refuse_unsupported(engine: Engine, options: TagOptions) -> None:
     """Refuse the options `engine` cannot honour (given with another value than the default)."""
+    from emolabel.options import TagOptions
+
     default = TagOptions()
     used = [f"`{k}` ({why})" for k, why in engine.unsupported.items() if getattr(options, k) != getattr(default, k)]
     if used:
         raise OptionError(f"{'; '.join(used)}: not possible with `engine` {engine.name}. Leave "
                           f"{'it' if len(used) == 1 else 'them'} out, or use the local engine.")
-
-
-def run(engine: Engine, inputs: str | list[str], output: str, options: TagOptions | None = None,
-        progress: Any = None) -> Summary:
-    """Check the options against the engine, then run it (`inputs`, `output`: str or Path)."""
-    paths, output = as_paths(inputs, output)
-    options = options or TagOptions()
-    check(engine, options)
-    return engine.run(paths, output, options, progress)

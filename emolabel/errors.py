@@ -25,6 +25,11 @@ class OptionError(EmolabelError):
     """Options that cannot go together, or do not fit the input (the CLI exits 2 for these)."""
 
 
+class InputOptionError(OptionError, InputError):
+    """An option that does not fit the input (a `text_column` it lacks, a `prefix` whose columns it
+    already has): a misused option (exit 2), and an InputError for code that catches those."""
+
+
 class OutputIsInputError(OptionError, OutputError):
     """An output path that is (or holds) one of the run's inputs: refused even with overwrite (exit 2)."""
 

@@ -1,6 +1,6 @@
 """label_frame: `tag`'s label columns added to a Polars or pandas DataFrame or a pyarrow Table in memory.
 
-The same checks (pipeline.TagOptions, check_columns, as_text) and the same columns
+The same checks (options.TagOptions, columns.check_columns, as_text) and the same columns
 (selection.Selection) as a tag run, without a file: the frame's text column is labelled in
 chunks and a new frame of the same kind comes back. Texts that look non-English are counted in
 a warning (EmolabelWarning), as a tag run counts them in its summary.
@@ -14,29 +14,28 @@ from typing import Any
 import pyarrow as pa
 
 from emolabel.classifier import spec
+from emolabel.columns import as_text, check_columns
 from emolabel.config import default_model_dir
 from emolabel.errors import EmolabelWarning, InputError, OptionError
 from emolabel.inference import Labeler, text_array
 from emolabel.labels import DEFAULT_PREFIX, label_columns
 from emolabel.language import count_non_english
-from emolabel.pipeline import TagOptions, as_text, check_columns
+from emolabel.options import TagOptions
 from emolabel.selection import Selection
 
 
-def label_frame(frame: Any, labeler: Labeler | None = None, text_column: str = "text", prefix: str = DEFAULT_PREFIX,
-                min_score: float | None = None, chunk_rows: int = 8192, model: str | None = None,
-                **selection: Any) -> Any:
-    """A Polars or pandas DataFrame (or a pyarrow Table) with the label columns of `tag` added
-    after its own, rows in order: a new frame of the same kind (the input is not changed).
-    `labeler`: a loaded model; else the `model` folder (None: the shipped model) is loaded once
-    the frame and the options are checked. `selection`: tag's `columns`, `probabilities`,
-    `score` and `top_k`."""
-    unknown = sorted(set(selection) - {"columns", "probabilities", "score", "top_k"})
-    if unknown:
-        raise TypeError(f"label_frame takes no option {', '.join(f'`{k}`' for k in unknown)}; its options: text_column, "
-                        "prefix, min_score, chunk_rows, model, labeler, columns, probabilities, score, top_k.")
+def label_frame(frame: Any, text_column: str = "text", model: str | None = None, min_score: float | None = None,
+                prefix: str | None = None, labeler: Labeler | None = None, *, columns: list[str] | None = None,
+                probabilities: bool = True, score: bool = True, top_k: int = 0, chunk_rows: int = 8192) -> Any:
+    """A Polars or pandas DataFrame (or pyarrow Table) with `tag`'s label columns added after its
+    own: a new frame of the same kind, rows in order (the input is not changed). Pass `labeler`
+    (from load()) to reuse a loaded model; else the `model` folder (None: the shipped model) is
+    loaded once the frame and the options are checked. `prefix` None is `tag`'s ("emotion").
+    `columns`, `probabilities`, `score`, `top_k`: which columns come back, as `tag`'s options of
+    those names. Texts that look non-English are counted in an EmolabelWarning."""
+    prefix = DEFAULT_PREFIX if prefix is None else prefix
     opts = TagOptions.checked(text_column=text_column, prefix=prefix, min_score=min_score, chunk_rows=chunk_rows,
-                              model=model, **selection)
+                              model=model, columns=columns, probabilities=probabilities, score=score, top_k=top_k)
     if labeler is not None and not isinstance(labeler, Labeler):
         raise TypeError(f"`labeler` must be a Labeler (from emolabel.load()), not {type(labeler).__name__}.")
     if labeler is not None and model is not None:

@@ -246,7 +246,7 @@ class Labeler:
         max_length: int | None = None,
         threads: int | None = None,
     ):
-        from emolabel.pipeline import TagOptions  # the one check of the options tag_file shares
+        from emolabel.options import TagOptions, batch_defaults  # the one check of the options tag_file shares
 
         device = str(device) if isinstance(device, torch.device) else device
         TagOptions.checked(model=model_dir, device=device, precision=precision, batch_size=batch_size,
@@ -263,11 +263,10 @@ class Labeler:
         self.max_length = min(max_length or self.config.max_length, self.config.max_positions)
         self.encoder = TextEncoder(self.model_dir, self.max_length, self.config.normalization,
                                    tokenizer=self.config.tokenizer)
-        gpu = self.device.type == "cuda"
-        # Rows per batch and padded tokens per batch. On the CPU, time grows with tokens and
-        # small batches keep caches warm; on a GPU, large batches keep the card busy.
-        self.batch_size = batch_size or (1024 if gpu else 64)
-        self.max_tokens = max_tokens or (65536 if gpu else 4096)
+        # Rows per batch and padded tokens per batch: options.batch_defaults says why, for both engines.
+        defaults = batch_defaults(self.device.type)
+        self.batch_size = batch_size or defaults["batch_size"]
+        self.max_tokens = max_tokens or defaults["max_tokens"]
         if self.batch_size < 1 or self.max_tokens < self.max_length:
             raise OptionError(
                 f"`max_tokens` ({self.max_tokens}) must be at least `max_length` ({self.max_length}), "
@@ -365,7 +364,7 @@ class Labeler:
         """The most likely label of each text: None where there is no text, and with `min_score`
         where the top probability is below it (predict_proba tells the two apart: NaN for no text).
         A multi-label model: every label scoring at least `min_score` (default 0.5), joined by "|"."""
-        from emolabel.pipeline import TagOptions
+        from emolabel.options import TagOptions
 
         TagOptions.checked(min_score=min_score)
         probs = self.predict_proba(texts)

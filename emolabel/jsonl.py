@@ -1,6 +1,6 @@
 """JSON Lines in and out: objects kept as read, or typed over the whole file; one serializer.
 
-Two ways to read, chosen by what is written (pipeline.tag_file, the Ray engine):
+Two ways to read, chosen by what is written (TagOptions.read_options, for both engines):
 
 * As read (`keep_json`, JSON Lines to JSON Lines): each object's text is kept in a hidden RAW
   column beside the text column, and the writer splices the added columns into it, so numbers keep

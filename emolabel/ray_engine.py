@@ -1,21 +1,22 @@
 """The Ray engine: label many files (local or object store) with a pool of model actors.
 
-    from emolabel.ray_engine import tag_with_ray
-    tag_with_ray(["s3://bucket/in/*.parquet"], "s3://bucket/out", model="/models/emotion",
-                 workers=(1, 8), gpus_per_worker=1)
+    import emolabel
+    from emolabel.ray_engine import RayEngine
+    emolabel.tag_file(["s3://bucket/in/*.parquet"], "s3://bucket/out", model="/models/emotion",
+                      engine=RayEngine(workers=(1, 8), gpus_per_worker=1))
 
-The same pieces as the local engine (emolabel.engines says which), run by Ray Data; Ray's
+The same plan (plan.make_plan: every check and option, made once on the driver) and the same
+pieces as the local engine (emolabel.engines says which), run by Ray Data; Ray's
 internals are touched only in emolabel.ray_adapter. Install with `pip install 'emolabel[ray]'`.
 
-* Read: each file is read by one task with inputs.open_stream (every reader option: encoding,
-  CSV with every column as text, JSON Lines' type rules, Parquet) and its columns checked with
-  pipeline.check_columns. Ray resolves paths and filesystems: local paths, folders and
+* Read: each file is read by one task with inputs.open_stream (the plan's reader options) and its
+  columns checked with columns.check_columns, as the plan checked the first file's. Ray resolves paths and filesystems: local paths, folders and
   object-store URIs (s3://, gs://, abfs://, hdfs://, file://); globs are expanded by files.py.
 * Row ids: Ray does not keep row order, so every row carries a join key: `id_column`, or
   `{prefix}_row_id` = "<source path>#<0-based row in that file>". The index is counted inside the
   read of that file, which Ray replays from the first byte on a retry, so an id never changes.
   Only then is the dataset split into `chunk_rows`-row blocks for the actors.
-* Label: an actor pool; each actor holds one Labeler and runs pipeline.label_chunk, limited to
+* Label: an actor pool; each actor holds the plan's Labeler and runs pipeline.label_chunk, limited to
   its own CPUs. Actors restart and their batches are retried when a worker process dies; a dead
   task's output is never written, so each row is written exactly once. An EmolabelError (a
   missing column, a bad row) is not retried: the job fails with it, naming the file.
@@ -43,20 +44,20 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
 
 from emolabel import formats, outputs
-from emolabel.errors import EmolabelError, InputError, OptionError
-from emolabel.files import STDIO, expand_inputs, is_uri
-from emolabel.inputs import check_same_columns, open_stream, schema_of
-from emolabel.pipeline import Summary, TagOptions
+from emolabel.errors import EmolabelError, InputError, InputOptionError, OptionError
+from emolabel.files import is_uri
+from emolabel.inputs import check_same_columns, open_stream
+from emolabel.plan import TagPlan
 from emolabel.ray_adapter import RAY_MISSING, READ_WRITE_CPUS
 from emolabel.signals import Interrupted
+from emolabel.summary import Summary
 
-__all__ = ["RAY_MISSING", "RayEngine", "tag_with_ray"]
+__all__ = ["RAY_MISSING", "RayEngine"]
 CRASH_ENV = "EMOLABEL_RAY_CRASH_ONCE"  # tests only: names a marker file; the first actor to create it dies
 SUCCESS = "_SUCCESS"
 SOURCE_COLUMN = "__emolabel_source"  # internal: each row's file, for error messages; dropped by the actors
@@ -77,6 +78,9 @@ class RayEngine:
     id_column: str | None = None  # None: an added {prefix}_row_id, "<file>#<row>"
 
     name: ClassVar[str] = "ray"
+    writes_folder: ClassVar[bool] = True
+    output_format: ClassVar[str] = "parquet"  # a folder has no suffix to tell
+    chunk_rows: ClassVar[int] = CHUNK_ROWS
     unsupported: ClassVar[dict[str, str]] = {
         "resume": "a Ray job writes its part files anew; run it again",
         "limit": "files are read in parallel, so there are no 'first N rows'; try the local engine on one file",
@@ -100,112 +104,63 @@ class RayEngine:
             pass
         raise OptionError(f"`workers` {self.workers!r}: give N or MIN-MAX with 1 <= MIN <= MAX, e.g. 4 or 1-8.")
 
-    def run(self, inputs: list[str], output: str, options: TagOptions, progress: Any = None) -> Summary:
-        """Label every row of `inputs` into the folder `output`; see the module docstring."""
-        from emolabel import ray_adapter as adapter
-        from emolabel.classifier import spec
-        from emolabel.config import available_cpus, default_model_dir
-
-        started = time.perf_counter()
-        opts = options
-        opts.check()
-        if output == STDIO:
-            raise OptionError("The Ray engine writes a folder of part files: give `output` FOLDER.")
-        pool = self.pool()
+    def check_settings(self) -> None:
+        """The pool's settings (plan.make_plan calls this before anything is read)."""
+        self.pool()
         if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
             raise OptionError("`cpus_per_worker` must be positive, `gpus_per_worker` not negative.")
-        paths = expand_inputs(inputs, folders=True, absolute=True)
-        fmt = formats.format_of(paths, opts.input_format)
-        if fmt is None:
-            raise OptionError("The Ray engine reads files, not stdin: give file paths, globs or URIs.")
-        opts.check_input(fmt)
-        model = Path(opts.model or default_model_dir()).resolve()
-        labels = list(spec(model).labels)  # a bad model folder fails here, before Ray starts
-        read = self._read_options(opts, labels)
-        first = schema_of(paths[0], fmt, opts.chunk_rows or CHUNK_ROWS, **read)  # all match it
-        if first is not None:  # `columns` and `top_k` checked before Ray starts too (each read task checks its file)
-            from emolabel.selection import Selection
 
-            Selection.of(opts, labels).kept(first.names, paths[0], (self.id_column,) if self.id_column else ())
-        outputs.check_output_folder(output, opts.overwrite, paths)
-        schemes = {p.split("://", 1)[0] if is_uri(p) else "" for p in paths}
-        if len(schemes) > 1:
-            raise InputError("Inputs mix filesystems (local paths and URIs, or several schemes); use one per job.")
+    def row_columns(self, prefix: str) -> tuple[str | None, str, tuple[str, ...]]:
+        """The column the read tasks add as each row's id (None: `id_column` is the id), the join
+        key written with every row, and the internal columns dropped before writing."""
+        row_id = None if self.id_column else f"{prefix}_row_id"
+        return row_id, self.id_column or f"{prefix}_row_id", (SOURCE_COLUMN,)
 
+    def execute(self, plan: TagPlan, progress: Any = None) -> Summary:
+        """Label every row of the plan's inputs into its output folder; see the module docstring."""
+        from emolabel import ray_adapter as adapter
+        from emolabel.config import available_cpus
+
+        pool = self.pool()
         ray = adapter.import_ray()
         with adapter.signals_kept():  # SIGINT/SIGTERM stay the caller's (the CLI: exit 130/143)
             started_here = adapter.start(ray, self.ray_address, available_cpus())
-            startup = time.perf_counter() - started
+            startup = time.perf_counter() - plan.started
             try:
                 if started_here and adapter.is_local(self.ray_address):  # a pool that cannot fit would wait forever
                     adapter.check_fits(ray, pool if isinstance(pool, int) else pool[0], self.cpus_per_worker,
                                        self.gpus_per_worker)
                 with adapter.quiet():
-                    summary = self._job(ray, paths, fmt, output, opts, labels, model, pool, first)
+                    summary = self._job(ray, plan, pool)
             finally:
                 if started_here:  # also on a signal: Ray's raylet, GCS and workers end with this process
                     ray.shutdown()
-        summary.seconds, summary.startup = time.perf_counter() - started, startup
+        summary.seconds, summary.startup = time.perf_counter() - plan.started, startup
         return summary
 
-    def _read_options(self, opts: TagOptions, labels: list[str]) -> dict[str, Any]:
-        """The local engine's reader options: JSON Lines kept as read when JSON Lines are written
-        (typed from each file's first lines otherwise: a worker reads its file once)."""
-        from emolabel.selection import Selection
-
-        row_id = () if self.id_column else (f"{opts.prefix}_row_id",)
-        added = (*Selection.of(opts, labels).added(), *row_id, SOURCE_COLUMN)
-        return opts.read_options(json_out=opts.output_format == formats.JSONL.name, reserved=added)
-
-    def _job(self, ray: Any, paths: list[str], fmt: formats.Format, output: str, opts: TagOptions,
-             labels: list[str], model: Path, pool: int | tuple[int, int],
-             first: pa.Schema | None) -> Summary:
+    def _job(self, ray: Any, plan: TagPlan, pool: int | tuple[int, int]) -> Summary:
+        """The Ray Data job: read, label, write the parts (into a temporary folder renamed into place
+        at the end, or in place on an object store), then `_SUCCESS`."""
         import pyarrow.fs as pafs
-        from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
         from emolabel import ray_adapter as adapter
 
-        out_fmt = formats.for_writing(opts.output_format or "parquet")
-        opts.check_output(out_fmt)
         io_tasks = max(2, pool if isinstance(pool, int) else pool[1])
-        chunk = opts.chunk_rows or CHUNK_ROWS
-        scheme = f"{paths[0].split('://', 1)[0]}://" if is_uri(paths[0]) else ""  # Ray strips it
-        remote = is_uri(output)
+        output, remote = plan.output, is_uri(plan.output)
         fs: Any = None
         target = None
         try:
             if remote:
-                fs, target = outputs.prepare_uri_folder(output, opts.overwrite, SUCCESS)
+                fs, target = outputs.prepare_uri_folder(output, plan.options.overwrite, SUCCESS)
                 write_to = output
             else:
                 fs = pafs.LocalFileSystem()
                 outputs.remove_stale_temp_folders(output)
                 write_to = target = outputs.temp_folder(output)
-            read = functools.partial(_read_file, scheme=scheme, fmt=fmt, opts=opts, read=self._read_options(opts, labels),
-                                     labels=labels,
-                                     id_column=self.id_column, chunk=chunk, first=(paths[0], first))
-            try:
-                source = adapter.files_datasource(paths, read, parquet=fmt.seekable)
-            except (OSError, ValueError, pa.ArrowException) as e:  # listing: a missing file or prefix
-                raise InputError(f"Cannot read {', '.join(paths[:5])}: {e}") from None
-            ds = ray.data.read_datasource(source, num_cpus=READ_WRITE_CPUS,
-                                          compute=TaskPoolStrategy(size=max(1, min(io_tasks, len(paths)))))
-            ds = ds.repartition(target_num_rows_per_block=chunk)  # after the ids: actors may share a file
-            adapter.zero_cpu(ds)
-            compute = ActorPoolStrategy(size=pool) if isinstance(pool, int) else ActorPoolStrategy(
-                min_size=pool[0], max_size=pool[1])
-            threads = opts.threads or max(1, int(self.cpus_per_worker))
-            with warnings.catch_warnings():  # max_restarts / max_task_retries: no named parameter in Ray 2.60
-                warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated.*")
-                ds = ds.map_batches(
-                    LabelerActor, compute=compute, batch_format="pyarrow", batch_size=chunk,
-                    num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker or None,
-                    fn_constructor_kwargs=dict(model_dir=str(model), options=opts, threads=threads,
-                                               crash_marker=os.environ.get(CRASH_ENV) or None,
-                                               key=self.id_column or f"{opts.prefix}_row_id"),
-                    udf_modifying_row_count=False, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
-            sink = adapter.parts_sink(write_to, out_fmt.name, functools.partial(_write_part, out_fmt, opts.write_options(fmt)),
-                                      functools.partial(_count_part, opts.prefix))
+            ds = self._dataset(ray, plan, pool, io_tasks)
+            sink = adapter.parts_sink(write_to, plan.output_format.name,
+                                      functools.partial(_write_part, plan.output_format, plan.write_options),
+                                      functools.partial(_count_part, plan.options.prefix))
             try:
                 with warnings.catch_warnings():  # Ray's note that a small input cannot use every task slot
                     warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
@@ -216,24 +171,11 @@ class RayEngine:
                 ours = adapter.emolabel_error(e)
                 if ours is not None:
                     raise ours from None
+                paths = plan.inputs
                 first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                 raise EmolabelError(f"The Ray job labelling {', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''} "
                                     f"failed: {first} (Ray's logs: /tmp/ray/session_latest/logs/)") from e
-            summary = Summary(engine=self.name, output=output, types={f.name: str(f.type) for f in first}
-                              if opts.detect_types and first is not None else {})
-            for stats in sink.results:
-                summary.merge(Summary.from_stats(stats))
-            infos = fs.get_file_info(pafs.FileSelector(target, recursive=True, allow_not_found=True))
-            parts = sorted(i.path for i in infos if i.type == pafs.FileType.File
-                           and not os.path.basename(i.path).startswith(("_", ".")))
-            with fs.open_output_stream(f"{target.rstrip('/')}/{SUCCESS}") as f:  # the very last file
-                f.write(b"")
-            if remote:
-                summary.files = [f"{output.split('://', 1)[0]}://{p}" for p in parts]
-            else:
-                outputs.move_folder_into_place(write_to, output)
-                summary.files = [os.path.join(os.path.abspath(output), os.path.relpath(p, write_to)) for p in parts]
-            return summary
+            return self._finish(plan, sink.results, fs, target, write_to)
         except BaseException:
             if fs is not None and target is not None:
                 with contextlib.suppress(Exception):
@@ -243,43 +185,79 @@ class RayEngine:
                         shutil.rmtree(target, ignore_errors=True)
             raise
 
+    def _dataset(self, ray: Any, plan: TagPlan, pool: int | tuple[int, int], io_tasks: int) -> Any:
+        """The labelled dataset: one read task per file, blocks of `chunk_rows`, the actor pool."""
+        from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-def tag_with_ray(inputs: list[str] | str, output_dir: str, *, workers: Any = 1, cpus_per_worker: float = 1.0,
-                 gpus_per_worker: float = 0.0, ray_address: str | None = None, id_column: str | None = None,
-                 **options: Any) -> Summary:
-    """`emolabel tag --engine ray` from Python: the pool's settings, then TagOptions fields
-    (model=..., output_format="parquet", chunk_rows=..., ...). Raises EmolabelError (naming the
-    file) for anything the user can fix."""
-    from emolabel import engines
+        from emolabel import ray_adapter as adapter
 
-    engine = RayEngine(workers, cpus_per_worker, gpus_per_worker, ray_address, id_column)
-    return engines.run(engine, inputs, output_dir, TagOptions(**options))
+        paths, fmt, chunk = plan.inputs, plan.input_format, plan.options.chunk_rows
+        scheme = f"{paths[0].split('://', 1)[0]}://" if is_uri(paths[0]) else ""  # Ray strips it
+        read = functools.partial(_read_file, scheme=scheme, plan=plan, id_column=self.id_column)
+        try:
+            source = adapter.files_datasource(paths, read, parquet=fmt.seekable)
+        except (OSError, ValueError, pa.ArrowException) as e:  # listing: a missing file or prefix
+            raise InputError(f"Cannot read {', '.join(paths[:5])}: {e}") from None
+        ds = ray.data.read_datasource(source, num_cpus=READ_WRITE_CPUS,
+                                      compute=TaskPoolStrategy(size=max(1, min(io_tasks, len(paths)))))
+        ds = ds.repartition(target_num_rows_per_block=chunk)  # after the ids: actors may share a file
+        adapter.zero_cpu(ds)
+        compute = ActorPoolStrategy(size=pool) if isinstance(pool, int) else ActorPoolStrategy(
+            min_size=pool[0], max_size=pool[1])
+        threads = plan.options.threads or max(1, int(self.cpus_per_worker))
+        with warnings.catch_warnings():  # max_restarts / max_task_retries: no named parameter in Ray 2.60
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated.*")
+            return ds.map_batches(
+                LabelerActor, compute=compute, batch_format="pyarrow", batch_size=chunk,
+                num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker or None,
+                fn_constructor_kwargs=dict(plan=plan, threads=threads, crash_marker=os.environ.get(CRASH_ENV) or None,
+                                           key=self.row_columns(plan.options.prefix)[1]),
+                udf_modifying_row_count=False, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
+
+    def _finish(self, plan: TagPlan, results: list[dict], fs: Any, target: str | None, write_to: str) -> Summary:
+        """The counts of every part, `_SUCCESS` written last, and the folder moved into place."""
+        import pyarrow.fs as pafs
+
+        first, output = plan.input_schema, plan.output
+        summary = Summary(engine=self.name, output=output, types={f.name: str(f.type) for f in first}
+                          if plan.options.detect_types and first is not None else {})
+        for stats in results:
+            summary.merge(Summary.from_stats(stats))
+        infos = fs.get_file_info(pafs.FileSelector(target, recursive=True, allow_not_found=True))
+        parts = sorted(i.path for i in infos if i.type == pafs.FileType.File
+                       and not os.path.basename(i.path).startswith(("_", ".")))
+        with fs.open_output_stream(f"{target.rstrip('/')}/{SUCCESS}") as f:  # the very last file
+            f.write(b"")
+        if is_uri(output):
+            summary.files = [f"{output.split('://', 1)[0]}://{p}" for p in parts]
+        else:
+            outputs.move_folder_into_place(write_to, output)
+            summary.files = [os.path.join(os.path.abspath(output), os.path.relpath(p, write_to)) for p in parts]
+        return summary
 
 
 # -- in the read tasks ------------------------------------------------------------------------
 
 
-def _read_file(f: Any, path: str, *, scheme: str, fmt: formats.Format, opts: TagOptions, read: dict[str, Any],
-               labels: list[str],
-               id_column: str | None, chunk: int, first: tuple[str, pa.Schema | None]) -> Iterator[pa.Table]:
+def _read_file(f: Any, path: str, *, scheme: str, plan: TagPlan, id_column: str | None) -> Iterator[pa.Table]:
     """One file, from its first byte: checked, each row given its id and its file."""
     import numpy as np
     import pyarrow.compute as pc
 
-    from emolabel.pipeline import check_columns
-    from emolabel.selection import Selection
+    from emolabel.columns import check_columns
 
+    opts, fmt = plan.options, plan.input_format
     name = scheme + path
     stream = f if fmt.seekable else io.BufferedReader(f, 1 << 20)
-    reader = open_stream(name, stream, fmt, chunk_rows=chunk, **read)
+    reader = open_stream(name, stream, fmt, chunk_rows=opts.chunk_rows, **plan.read_options)
     row_id = None if id_column else f"{opts.prefix}_row_id"
-    check_columns(reader.schema, name, opts.text_column, Selection.of(opts, labels),
+    check_columns(reader.schema, name, opts.text_column, plan.selection,
                   added=(row_id, SOURCE_COLUMN) if row_id else (SOURCE_COLUMN,), always=(id_column,) if id_column else ())
-    if first[1] is not None:  # then the same columns and types as the first file (the local engine's rule)
-        check_same_columns(name, reader.schema, first[0], first[1])
+    if plan.input_schema is not None:  # then the same columns and types as the first file (the local engine's rule)
+        check_same_columns(name, reader.schema, plan.inputs[0], plan.input_schema)
     names = reader.keys if reader.keys is not None else reader.schema.names  # JSON Lines kept as read: its keys
     if id_column is not None and id_column not in names:
-        raise InputError(f"id column {id_column!r} not found in {name}. Available columns: {', '.join(names)}.")
+        raise InputOptionError(f"`id_column` {id_column!r} not found in {name}. Available columns: {', '.join(names)}.")
     start = 0  # the row index within this file: counted here, in file order
     for batch in reader:
         n = batch.num_rows
@@ -298,20 +276,14 @@ def _read_file(f: Any, path: str, *, scheme: str, fmt: formats.Format, opts: Tag
 class LabelerActor:
     """One model per Ray actor: pyarrow tables in, the same tables with label columns out."""
 
-    def __init__(self, model_dir: str, options: TagOptions, threads: int = 1, crash_marker: str | None = None,
-                 key: str | None = None):
+    def __init__(self, plan: TagPlan, threads: int = 1, crash_marker: str | None = None, key: str | None = None):
         # Before the tokenizer's thread pool starts: one actor uses only its own CPUs
         # (oversubscribed threads were measured 10x slower).
         os.environ["RAYON_NUM_THREADS"] = str(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
-        from emolabel.inference import Labeler
-        from emolabel.selection import Selection
-
-        o = options
-        self.labeler = Labeler(model_dir, device=o.device, precision=o.precision, batch_size=o.batch_size,
-                               max_tokens=o.max_tokens, max_length=o.max_length, threads=threads)
-        self.options, self.crash_marker = o, crash_marker
-        self.selection = Selection.of(o, self.labeler.labels, self.labeler.multi_label)
+        self.labeler = plan.labeler(threads)
+        self.options, self.crash_marker = plan.options, crash_marker
+        self.selection = plan.selection
         self.key = (key,) if key else ()  # the join key (the row id or `id_column`): written whatever `columns` says
 
     def _maybe_crash(self) -> None:
@@ -328,9 +300,10 @@ class LabelerActor:
     def __call__(self, table: pa.Table) -> pa.Table:
         import numpy as np
 
+        from emolabel.columns import as_text
         from emolabel.inference import release_free_memory
         from emolabel.language import looks_non_english
-        from emolabel.pipeline import as_text, label_chunk
+        from emolabel.pipeline import label_chunk
 
         self._maybe_crash()
         o = self.options

@@ -20,7 +20,7 @@ from emolabel.errors import OptionError
 from emolabel.labels import DEFAULT_PREFIX, column_names, label_columns, output_schema
 
 if TYPE_CHECKING:
-    from emolabel.pipeline import TagOptions
+    from emolabel.options import TagOptions
 
 
 @dataclass(frozen=True)

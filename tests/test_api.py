@@ -67,7 +67,7 @@ def test_every_entry_point_checks_the_shared_options_with_tag_files_words(tiny_m
 
     from emolabel.errors import OptionError
     from emolabel.inference import Labeler
-    from emolabel.pipeline import TagOptions
+    from emolabel.options import TagOptions
 
     lab = emolabel.load(str(tiny_model), device="cpu")
     frame = pl.DataFrame({"text": ["i feel happy"]})

@@ -82,7 +82,7 @@ def test_summary_draws_the_label_distribution_on_a_terminal_only():
     from rich.console import Console
 
     from emolabel.cli import _print_summary
-    from emolabel.pipeline import Summary
+    from emolabel.summary import Summary
 
     s = Summary(rows=10, empty=1, label_counts=Counter(joy=6, sadness=3), seconds=1.0)
     tty = io.StringIO()

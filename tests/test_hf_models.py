@@ -322,16 +322,20 @@ def test_ray_engine(hf_distilbert, tmp_path):
     assert [got[i] for i in range(len(texts))] == [expected_label(p, labels, True) for p in want]
 
 
-def test_ray_actor_labels_through_the_same_seam(hf_distilbert, monkeypatch):
+def test_ray_actor_labels_through_the_same_seam(hf_distilbert, monkeypatch, tmp_path):
     """What each Ray actor runs (no Ray needed): a multi-label model's labels, as the local engine's."""
-    from emolabel.pipeline import TagOptions
-    from emolabel.ray_engine import CUT_COLUMN, FOREIGN_COLUMN, SOURCE_COLUMN, LabelerActor
+    from emolabel.options import TagOptions
+    from emolabel.plan import make_plan
+    from emolabel.ray_engine import CUT_COLUMN, FOREIGN_COLUMN, SOURCE_COLUMN, LabelerActor, RayEngine
 
     for name in ("RAYON_NUM_THREADS", "OMP_NUM_THREADS"):  # the actor sets them; put them back afterwards
         monkeypatch.setenv(name, "1")
     texts = [t for t in TEXTS if t]
     table = pa.table({"text": texts, SOURCE_COLUMN: pa.array(["in.parquet"] * len(texts)).dictionary_encode()})
-    out = LabelerActor(str(hf_distilbert), TagOptions(model=str(hf_distilbert), device="cpu"))(table)
+    pq.write_table(pa.table({"text": texts}), tmp_path / "in.parquet")
+    plan = make_plan(str(tmp_path / "in.parquet"), str(tmp_path / "out"), TagOptions(model=str(hf_distilbert), device="cpu"),
+                     RayEngine(workers=1))
+    out = LabelerActor(plan)(table)
     labels, want = reference(hf_distilbert, texts)
     assert out.column_names[-3:] == ["emotion_fear", CUT_COLUMN, FOREIGN_COLUMN]
     assert out.column("emotion").to_pylist() == [expected_label(p, labels, True) for p in want]

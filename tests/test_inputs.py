@@ -16,7 +16,7 @@ def test_a_semicolon_file_gets_a_hint_and_is_read_with_delimiter(tmp_path, tiny_
     src = tmp_path / "semi.csv"
     src.write_text('id;text\n1;i feel happy\n2;"sad; so sad"\n')
     r = invoke("tag", str(src), "-o", str(tmp_path / "x.csv"), "--model", str(tiny_model))
-    assert r.exit_code == 1 and "--delimiter ';'" in r.stderr
+    assert r.exit_code == 2 and "--delimiter ';'" in r.stderr  # `text` does not fit the input: a usage error
     ok = invoke("tag", str(src), "--delimiter", ";", "-o", "-", "--model", str(tiny_model))
     assert ok.exit_code == 0, ok.stderr
     lines = ok.stdout.splitlines()
@@ -49,7 +49,7 @@ def test_plain_text_lines_file_and_stdin(tmp_path, tiny_model):
     piped = invoke("tag", "-", "--input-format", "lines", "--model", str(tiny_model), input=b"i feel happy\n")
     assert piped.exit_code == 0 and piped.stdout.startswith("text,emotion")  # lines in: CSV out
     sniffed = invoke("tag", "-", "--model", str(tiny_model), input=b"i feel happy\n")
-    assert sniffed.exit_code == 1 and "--input-format lines" in sniffed.stderr
+    assert sniffed.exit_code == 2 and "--input-format lines" in sniffed.stderr
     out = invoke("tag", str(src), "-o", str(tmp_path / "o.txt"), "--model", str(tiny_model))
     assert out.exit_code == 2 and "input format only" in out.stderr
 

@@ -25,8 +25,9 @@ ray = pytest.importorskip("ray", reason="the Ray engine needs Ray: pip install '
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),
               pytest.mark.filterwarnings("ignore:The maximum number of concurrent tasks:UserWarning")]
 
-from emolabel.errors import InputError, OptionError, OutputError  # noqa: E402
-from emolabel.ray_engine import CRASH_ENV, RAY_MISSING, SUCCESS, tag_with_ray  # noqa: E402
+import emolabel  # noqa: E402
+from emolabel.errors import InputError, InputOptionError, OptionError, OutputError  # noqa: E402
+from emolabel.ray_engine import CRASH_ENV, RAY_MISSING, SUCCESS, RayEngine  # noqa: E402
 
 JOB_TIMEOUT = PATIENCE  # a hang safety net, not a speed check: a healthy job takes about 5 s here
 WORDS = ["i feel so happy today", "i am scared and nervous", "love you", "this is bad", "amazed", "i hate it"]
@@ -42,6 +43,11 @@ def local_ray():
     yield
     if started:
         ray.shutdown()
+
+
+def tag_with_ray(inputs, output, *, workers=1, id_column=None, **options):
+    """emolabel.tag_file on the Ray engine, as the library is called."""
+    return emolabel.tag_file(inputs, output, engine=RayEngine(workers=workers, id_column=id_column), **options)
 
 
 def run_job(*args, **kwargs):
@@ -196,10 +202,10 @@ def test_failing_job_names_the_file_and_leaves_no_output(tiny_model, tmp_path):
     pa_csv.write_csv(pa.table({"text": texts(40)}), good)
     pa_csv.write_csv(pa.table({"body": texts(40)}), bad)
     out = tmp_path / "out"
-    with pytest.raises(InputError) as err:
+    with pytest.raises(InputOptionError) as err:  # a `text_column` the second file lacks: exit 2, as locally
         run_job([str(good), str(bad)], str(out), model=str(tiny_model), chunk_rows=16, device="cpu")
     assert str(bad) in str(err.value) and "'text' not found" in str(err.value)
-    assert type(err.value) is InputError  # a plain emolabel error, not Ray's wrapper
+    assert type(err.value) is InputOptionError  # a plain emolabel error, not Ray's wrapper
     assert not out.exists() and siblings(out) == []
 
 
@@ -218,10 +224,10 @@ def test_missing_ray_gives_a_clear_message(tiny_model, tmp_path):
     src.write_text("text\nhello\n")
     code = (
         "import sys; sys.modules['ray'] = None\n"
-        "from emolabel.ray_engine import tag_with_ray\n"
+        "import emolabel\n"
         "from emolabel.errors import EmolabelError\n"
         "try:\n"
-        f"    tag_with_ray([{str(src)!r}], {str(tmp_path / 'out')!r}, model={str(tiny_model)!r})\n"
+        f"    emolabel.tag_file([{str(src)!r}], {str(tmp_path / 'out')!r}, model={str(tiny_model)!r}, engine='ray')\n"
         "except EmolabelError as e:\n"
         "    print(e); sys.exit(3)\n"
     )

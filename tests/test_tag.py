@@ -118,8 +118,8 @@ def test_number_text_column_is_read_as_text(tmp_path, tiny_model):
 def test_missing_text_column_lists_the_available_ones(tmp_path, tiny_model):
     src = write_table(sample_table(3), tmp_path / "in.csv", "csv")
     r = invoke("tag", str(src), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model), "--text-column", "body")
-    assert r.exit_code == 1
-    assert r.stderr.strip() == (
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines()[-1] == (
         f"Error: Column 'body' not found in {src}. Available columns: id, text, label. Use --text-column to choose."
     )
     assert not (tmp_path / "o.csv").exists()
@@ -128,7 +128,7 @@ def test_missing_text_column_lists_the_available_ones(tmp_path, tiny_model):
 def test_clashing_output_columns_are_refused(tmp_path, tiny_model):
     src = write_table(pa.table({"text": ["a"], "emotion": ["joy"]}), tmp_path / "in.csv", "csv")
     r = invoke("tag", str(src), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model))
-    assert r.exit_code == 1 and "--prefix" in r.stderr
+    assert r.exit_code == 2 and "--prefix" in r.stderr
     r = invoke("tag", str(src), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model), "--prefix", "pred")
     assert r.exit_code == 0
     assert read_path(tmp_path / "o.csv", "csv").column_names == ["text", "emotion", "pred", "pred_score",
@@ -151,8 +151,9 @@ def test_unknown_output_extension_is_a_usage_error(tmp_path, tiny_model):
 def test_missing_model_folder(tmp_path):
     src = write_table(sample_table(3), tmp_path / "in.csv", "csv")
     r = invoke("tag", str(src), "-o", str(tmp_path / "o.csv"), "--model", str(tmp_path / "nope"))
-    assert r.exit_code == 1
-    assert r.stderr.strip() == f"Error: Model folder {tmp_path / 'nope'} does not exist."
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines()[-1] == (f"Error: Model folder {tmp_path / 'nope'} does not exist: give --model a "
+                                                 "model folder (emolabel's, or a Hugging Face sequence-classification folder).")
     assert not (tmp_path / "o.csv").exists()
 
 
@@ -198,7 +199,7 @@ def test_limit_labels_the_first_rows_only(tmp_path, tiny_model, fmt):
 def test_a_missing_column_suggests_the_near_one_and_a_number_column_is_warned_about(tmp_path, tiny_model):
     src = write_table(pa.table({"id": [1, 2], "Body": ["i feel happy", "i am sad"]}), tmp_path / "in.parquet", "parquet")
     r = invoke("tag", str(src), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model), "--text-column", "body")
-    assert r.exit_code == 1 and "Did you mean 'Body'?" in r.stderr and "--text-column" in r.stderr
+    assert r.exit_code == 2 and "Did you mean 'Body'?" in r.stderr and "--text-column" in r.stderr
     r = invoke("tag", str(src), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model), "--text-column", "id")
     assert r.exit_code == 0 and "Warning: column 'id'" in r.stderr and "holds int64 values, not text" in r.stderr
     assert "Text columns: Body; use --text-column" in r.stderr
