@@ -13,9 +13,19 @@ The public API is import-light: torch loads only when a model does.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# How long torch's OpenMP threads (GNU libgomp) spin at a barrier before they sleep. The CPU forward
+# runs many short parallel steps (fixed tiles: emolabel/invariant.py), and libgomp's default
+# (300,000 spins) made a thread spin through its whole time slice waiting for one the scheduler had
+# put aside: two `emolabel tag` runs side by side took 34 s each for what one does in 3.5 s alone.
+# 1,000 keeps the speed alone (3.5 s) and 6.5 s for two side by side (bench/contention.py). Read when
+# libgomp loads, so set before torch is imported; a user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 if TYPE_CHECKING:
     from emolabel.inference import Labeler

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -13,7 +11,7 @@ import click
 from emolabel import __version__, formats
 from emolabel.config import ENGINES, PARQUET_COMPRESSIONS, PRECISIONS
 from emolabel.errors import EmolabelError
-from emolabel.progress import ProgressBar
+from emolabel.progress import ProgressBar, warnings_shown
 from emolabel.signals import Interrupted, signals_raise
 
 
@@ -157,7 +155,7 @@ def tag(inputs: tuple[str, ...], output: str, engine: str, workers: str | None, 
     console = _stderr_console(quiet)
     progress = _Progress(console, quiet)
     try:
-        with signals_raise(), progress, _warnings_shown(console):
+        with signals_raise(), progress, warnings_shown(console):
             runner = engines.make(engine, workers=workers, cpus_per_worker=cpus_per_worker,
                                   gpus_per_worker=gpus_per_worker, ray_address=ray_address, id_column=id_column)
             loading = time.perf_counter() - begun
@@ -181,20 +179,6 @@ def tag(inputs: tuple[str, ...], output: str, engine: str, workers: str | None, 
     _print_summary(console, summary, output)
 
 
-@contextlib.contextmanager
-def _warnings_shown(console: Any) -> Iterator[None]:
-    """The library's EmolabelWarnings printed on `console` as they come, in the CLI's words."""
-    import warnings
-
-    from emolabel.errors import EmolabelWarning, cli_words
-
-    def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
-        console.print(f"[yellow]Warning[/]: {cli_words(str(message))}", soft_wrap=True)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", EmolabelWarning)
-        warnings.showwarning = show
-        yield
 
 
 @cli.command("label")

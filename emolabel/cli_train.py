@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shlex
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -25,7 +23,7 @@ from emolabel.config import (
     TrainConfig,
 )
 from emolabel.errors import EmolabelError, to_click
-from emolabel.progress import ProgressBar
+from emolabel.progress import ProgressBar, warnings_shown
 
 
 def _labels_option(value: str | None) -> list[str] | None:
@@ -144,7 +142,7 @@ def finetune(train: tuple[str, ...], valid: tuple[str, ...], output: str, base: 
     log = _open_log(train, valid, out, base, teachers, teacher_logits, save_teacher_logits, log_path, overwrite, resume)
     report = FinetuneReport(console, log, out, TrainProgress(console, quiet))
     try:
-        with signals_raise(), report.progress, _show_warnings(console):
+        with signals_raise(), report.progress, warnings_shown(console, FINETUNE_FLAGS):
             info = run(list(train), list(valid), out, base=base, text_column=text_column, label_column=label_column,
                        labels=label_names, input_format=input_format, model_options=options,
                        train_config=cfg, device=device, save_dtype=save_dtype, on_event=report.event,
@@ -287,22 +285,6 @@ def bf16_line(event: dict[str, Any]) -> str:
     return f"bf16 check not run: {why[event['reason']]}; --precision auto keeps fp32"
 
 
-@contextlib.contextmanager
-def _show_warnings(console: Any) -> Iterator[None]:
-    """The library's EmolabelWarnings as one yellow line each on stderr, in the CLI's words."""
-    import warnings
-
-    from rich.markup import escape
-
-    from emolabel.errors import EmolabelWarning, cli_words
-
-    def show(message: Any, *args: Any, **kwargs: Any) -> None:  # a label may hold [brackets]: not markup
-        console.print(f"[yellow]Warning[/]: {escape(cli_words(str(message), FINETUNE_FLAGS))}", soft_wrap=True)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", EmolabelWarning)
-        warnings.showwarning = show
-        yield
 
 
 @click.command("eval")

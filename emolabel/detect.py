@@ -175,13 +175,7 @@ def typed(name: str, batches: Iterator[pa.RecordBatch], schema: pa.Schema, keep:
           ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """CSV batches read as text, typed: the types come from the first TYPE_ROWS rows (read now),
     except the columns in `keep` (text); later rows that do not fit are an error naming them."""
-    head: list[pa.RecordBatch] = []
-    rows = 0
-    for batch in batches:
-        head.append(batch)
-        rows += batch.num_rows
-        if rows >= TYPE_ROWS:
-            break
+    head = _first_rows(batches, TYPE_ROWS)
     sample = pa.Table.from_batches(head, schema=schema).slice(0, TYPE_ROWS)
     types = [pa.string() if f.name in keep else infer(sample.column(f.name).combine_chunks()) for f in schema]
     out = pa.schema([pa.field(f.name, t) for f, t in zip(schema, types)])
@@ -198,6 +192,14 @@ def typed(name: str, batches: Iterator[pa.RecordBatch], schema: pa.Schema, keep:
             yield pa.RecordBatch.from_arrays(cols, schema=out)
 
     return out, gen()
+
+
+def _first_rows(batches: Iterator[pa.RecordBatch], rows: int) -> list[pa.RecordBatch]:
+    """The batches from `batches` that hold its first `rows` rows (all of them, if fewer)."""
+    head: list[pa.RecordBatch] = []
+    while sum(b.num_rows for b in head) < rows and (batch := next(batches, None)) is not None:
+        head.append(batch)
+    return head
 
 
 def _chain(head: list, rest: Iterator) -> Iterator:

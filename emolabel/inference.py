@@ -78,7 +78,7 @@ def resolve_precision(precision: str, device: torch.device, model_dir: Path | No
         raise OptionError("`precision` int8 needs the fbgemm or qnnpack engine, which this torch build lacks; "
                           "use fp32.")
     if precision != "auto":
-        return precision, "asked for"
+        return precision, "as asked"
     if device.type == "cuda":
         return ("bf16", "auto: the GPU has bf16") if torch.cuda.is_bf16_supported() else ("fp16", "auto: no bf16 on this GPU")
     from emolabel import precision_check

@@ -1,9 +1,31 @@
-"""ProgressBar: what the CLI's progress displays share (tag's, finetune's, eval's): on only when
-stderr is a terminal and not --quiet, a context manager that stops its Rich display on the way out."""
+"""What the CLI's live displays share: ProgressBar (tag's, finetune's, eval's progress: on only
+when stderr is a terminal and not --quiet, stopped on the way out) and warnings_shown (the
+library's warnings as one line each, in the CLI's words)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
+
+
+@contextlib.contextmanager
+def warnings_shown(console: Any, flags: dict[str, str] | None = None) -> Iterator[None]:
+    """The library's EmolabelWarnings as one yellow line each on `console`, in the CLI's words
+    (`flags`: the command's option names that are not a field's name with dashes)."""
+    import warnings
+
+    from rich.markup import escape
+
+    from emolabel.errors import EmolabelWarning, cli_words
+
+    def show(message: Any, *args: Any, **kwargs: Any) -> None:  # a label may hold [brackets]: not markup
+        console.print(f"[yellow]Warning[/]: {escape(cli_words(str(message), flags))}", soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", EmolabelWarning)
+        warnings.showwarning = show
+        yield
 
 
 class ProgressBar:
