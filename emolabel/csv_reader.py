@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from emolabel import formats
-from emolabel.errors import InputError
+from emolabel.errors import InputError, InputOptionError
 from emolabel.inputs import CSV_BLOCK, HEADER_LIMIT, Reader, _decode_or_fail, _short, rechunk
 
 
@@ -39,7 +39,7 @@ def _open_csv(name: str, stream: IO[bytes], chunk_rows: int, encoding: str, on_e
     header, names = _read_header(name, stream, encoding, delimiter)
     missing = [n for n in text_columns if n not in names]
     if missing:
-        raise InputError(f"`text_columns` names {', '.join(map(repr, missing))}, which {name} does not have. "
+        raise InputOptionError(f"`text_columns` names {', '.join(map(repr, missing))}, which {name} does not have. "
                          f"Available columns: {', '.join(names)}.")
 
     invalid: list[Any] = []

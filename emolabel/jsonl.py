@@ -30,7 +30,7 @@ from typing import IO, Any
 import pyarrow as pa
 
 from emolabel import formats
-from emolabel.errors import EmolabelWarning, InputError
+from emolabel.errors import EmolabelWarning, InputError, InputOptionError
 from emolabel.inputs import Reader, _bounded_lines, _decode_or_fail, _lines
 
 RAW = "\x00emolabel-json\x00"  # a row's object as read; columns before it are views of it, after it are added
@@ -95,7 +95,7 @@ def _as_read(name: str, objects: Iterator[tuple[int, dict, str]], skipped: list[
             texts, raws = [], []
             for lineno, obj, text in chunk:
                 if reserved and not reserved.isdisjoint(obj):
-                    raise InputError(f"{name}, line {lineno} already has key(s) "
+                    raise InputOptionError(f"{name}, line {lineno} already has key(s) "
                                      f"{', '.join(sorted(reserved.intersection(obj)))}, which tag would add. Use "
                                      "`prefix` to name the new columns differently (e.g. `prefix` predicted).")
                 value = obj.get(text_column)

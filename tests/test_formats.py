@@ -63,7 +63,7 @@ def test_a_write_only_format_given_as_input_format_exits_2_naming_the_readable_o
 
 def test_the_library_refuses_a_write_only_input_format_and_never_reads_it_as_json_lines(monkeypatch, tmp_path):
     from emolabel.inputs import open_input, open_stream
-    from emolabel.pipeline import TagOptions
+    from emolabel.options import TagOptions
 
     monkeypatch.setitem(formats.REGISTRY, "html", HTML)
     message = f"`input_format` 'html' is an output format only: read {READABLE}."
@@ -93,7 +93,7 @@ def test_every_registered_format_is_a_choice_of_tag_help():
 
 def test_a_registered_format_is_known_to_suffixes_checks_and_messages(monkeypatch):
     from emolabel import outputs
-    from emolabel.pipeline import TagOptions
+    from emolabel.options import TagOptions
 
     monkeypatch.setitem(formats.REGISTRY, "tab", TAB)
     assert formats.from_suffix("x.TAB") is TAB and formats.from_suffix("x.tab.gz") is TAB

@@ -255,7 +255,7 @@ def test_symlink_loop_and_nested_columns_are_named(tmp_path, tiny_model):
     assert ok.exit_code == 0 and pq.read_table(tmp_path / "o.parquet").column("l").to_pylist() == [[1, 2], [3]]
     pq.write_table(pa.table({"text": [["hi"], ["yo"]]}), tmp_path / "listtext.parquet")
     assert_fails(tag(tiny_model, tmp_path / "listtext.parquet", out=str(tmp_path / "p.parquet")),
-                 "holds list<element: string> values, not text")
+                 "holds list<element: string> values, not text", code=2)  # --text-column is the fix
     assert not list(tmp_path.glob(".o.*")) and not list(tmp_path.glob("o.csv*"))
 
 

@@ -1,4 +1,4 @@
-"""Ctrl-C, SIGTERM and kill -9 on a Ray tag run (`emolabel tag --engine ray`, and tag_with_ray from
+"""Ctrl-C, SIGTERM and kill -9 on a Ray tag run (`emolabel tag --engine ray`, and tag_file with a RayEngine from
 a plain script), in real subprocesses with the tiny model. No Ray in this process (test_ray.py
 starts one per module): each run starts its own, and the tests wait on files and processes, never
 on a clock (PATIENCE is a hang safety net)."""
@@ -40,12 +40,12 @@ def slow_input(tmp_path_factory):
 
 def start_tag(src: Path, out: Path, model: Path, log: Path, new_session: bool = False,
               library: bool = False) -> subprocess.Popen:
-    """`emolabel tag SRC -o OUT --engine ray` (or its tag_with_ray call in a plain Python script)
+    """`emolabel tag SRC -o OUT --engine ray` (or its tag_file call with a RayEngine in a plain Python script)
     in the background; stderr to `log` (a pipe nobody reads while we wait could fill and stall the run)."""
     env = dict(os.environ)
     env.pop("EMOLABEL_MODEL", None)
-    script = ("import sys; from emolabel.ray_engine import tag_with_ray; "
-              "tag_with_ray([sys.argv[1]], sys.argv[2], model=sys.argv[3], workers=1, chunk_rows=64)")
+    script = ("import sys, emolabel; from emolabel.ray_engine import RayEngine; "
+              "emolabel.tag_file([sys.argv[1]], sys.argv[2], model=sys.argv[3], engine=RayEngine(workers=1), chunk_rows=64)")
     args = (["-c", script, str(src), str(out), str(model)] if library else
             ["-m", "emolabel", "tag", str(src), "-o", str(out), "--engine", "ray", "--workers", "1",
              "--model", str(model), "--chunk-rows", "64"])

@@ -98,7 +98,7 @@ def test_json_lines_kept_as_read_refuse_a_late_key_the_run_adds(tmp_path, tiny_m
     src = tmp_path / "in.jsonl"
     src.write_text('{"text": "a"}\n{"text": "b", "emotion": "mine"}\n')
     r = tag(tiny_model, src, tmp_path / "out.jsonl")
-    assert r.returncode == 1 and "line 2 already has key(s) emotion, which tag would add" in r.stderr
+    assert r.returncode == 2 and "line 2 already has key(s) emotion, which tag would add" in r.stderr
     assert "--prefix" in r.stderr and "Traceback" not in r.stderr and not (tmp_path / "out.jsonl").exists()
 
 
@@ -169,7 +169,7 @@ def test_detect_types_never_loses_digits_and_says_the_types(tmp_path, tiny_model
     misused = tag(tiny_model, src, tmp_path / "q.parquet", "--text-columns", "flag")
     assert misused.returncode == 2 and "--text-columns only applies with --detect-types" in misused.stderr
     unknown = tag(tiny_model, src, tmp_path / "q.parquet", "--detect-types", "--text-columns", "nope")
-    assert unknown.returncode == 1 and "--text-columns names 'nope', which" in unknown.stderr
+    assert unknown.returncode == 2 and "--text-columns names 'nope', which" in unknown.stderr
 
 
 def test_detect_types_refuses_a_later_value_that_does_not_fit_exactly(tmp_path, monkeypatch):
