@@ -84,3 +84,18 @@ def run_cli(*args: str, input: bytes | None = None, env: dict | None = None, tim
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "emolabel", *args], input=input, capture_output=True,
                           env=e, timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray (2 CPUs, no dashboard) for a test module's jobs, shut down after it if started here."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    if started:
+        ray.shutdown()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import pyarrow.parquet as pq
 import pytest
@@ -70,15 +69,8 @@ def torch_threads():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    if started:
-        ray.shutdown()
+def _ray(local_ray):
+    """One local Ray for this module's jobs (conftest.local_ray)."""
 
 
 def options(run: str, model: str) -> dict:

@@ -6,7 +6,6 @@ Each job runs in a thread with a deadline (pytest-timeout is not a dependency), 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -34,15 +33,8 @@ WORDS = ["i feel so happy today", "i am scared and nervous", "love you", "this i
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    if started:
-        ray.shutdown()
+def _ray(local_ray):
+    """One local Ray for this module's jobs (conftest.local_ray)."""
 
 
 def tag_with_ray(inputs, output, *, workers=1, id_column=None, **options):
