@@ -53,7 +53,7 @@ def int8_available() -> bool:
 # How each precision runs a lean BERT encoder on the CPU: "invariant" is emolabel.invariant's
 # fixed-shape forward (a row's logits bit-identical whatever its batch: issue 21), "batched" the
 # model's own forward on padded batches. fp32 and bf16 run invariant: "same text, same label" to the
-# bit, for ~9% of fp32's model step (bench/cpu_precisions.py, fp32 against fp32-batched). bf16 there
+# bit, for 6-8% of fp32's model step (bench/cpu_precisions.py, fp32 against fp32-batched). bf16 there
 # means bf16 matrix products and fp32 everything else. int8 has its own layers (and moves by batch).
 CPU_FORWARD = {"fp32": "invariant", "bf16": "invariant", "int8": "batched"}
 MATMUL_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
