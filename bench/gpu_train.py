@@ -146,7 +146,7 @@ def ensemble_scores(names: list[str], a: argparse.Namespace) -> dict:
     from emolabel.config import ModelConfig
     from emolabel.data import labelled_data, read_table
     from emolabel.evaluate import classification_metrics
-    from emolabel.train import ensemble_logits
+    from emolabel.train_teachers import ensemble_logits
 
     labels = ModelConfig.load(a.out / names[0]).labels
     splits = {s: labelled_data(read_table(str(a.data / f"{s}.csv"), None), s, "text", "label", labels)[0]

@@ -53,7 +53,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from emolabel.train import cpu_has_bf16
+    from emolabel.invariant import cpu_has_bf16
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU bf16 units: {cpu_has_bf16()}")
     runs = []

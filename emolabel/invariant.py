@@ -139,13 +139,13 @@ class InvariantForward:
     def _pool(self, x: torch.Tensor, starts: torch.Tensor, groups: list[tuple[int, int, int]]) -> torch.Tensor:
         """(batch, hidden) fp32: each text's [CLS] vector, or the mean of its token vectors."""
         if self.pooling == "cls":
-            return x[starts].float()
+            return x[starts]
         out = []
         for start, n, length in groups:
             v = x[start : start + n * length].view(n, length, -1)  # (n, length, hidden)
-            acc = v[:, 0].float()
+            acc = v[:, 0]
             for j in range(1, length):  # one position at a time: the same sums for any n
-                acc = acc + v[:, j].float()
+                acc = acc + v[:, j]
             out.append(acc / length)
         return torch.cat(out)
 

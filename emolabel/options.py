@@ -94,19 +94,18 @@ class TagOptions:
         `max_tokens`, `chunk_rows` (batch_defaults). The one resolution of a run's defaults: the
         local engine's plan makes it before any work, a Ray actor on its own node. Resolving
         resolved options changes nothing."""
+        return self.resolve_with_reason(model)[0]
+
+    def resolve_with_reason(self, model: Path) -> tuple[TagOptions, str]:
+        """resolve(), and why `precision` resolved as it did (the summary says it): one resolution,
+        so auto's bf16 record is read (and the weights hashed) once."""
         from emolabel.inference import resolve_device, resolve_precision
 
         dev = resolve_device(self.device)
         defaults = batch_defaults(dev.type)
         filled = {k: defaults[k] if getattr(self, k) is None else getattr(self, k) for k in defaults}
-        return dataclasses.replace(self, device=str(dev), precision=resolve_precision(self.precision, dev, model)[0],
-                                   **filled)
-
-    def precision_reason(self, model: Path) -> str:
-        """Why `precision` runs as it does on this machine with `model` (the summary says it)."""
-        from emolabel.inference import resolve_device, resolve_precision
-
-        return resolve_precision(self.precision, resolve_device(self.device), model)[1]
+        precision, why = resolve_precision(self.precision, dev, model)
+        return dataclasses.replace(self, device=str(dev), precision=precision, **filled), why
 
     @classmethod
     def checked(cls, **fields: Any) -> TagOptions:

@@ -52,7 +52,7 @@ class TagPlan:
     checkpointed: bool = False  # a file to a file: progress committed chunk by chunk, so resume works
     reader: Reader | None = None  # the local engine's input, open (close() closes it)
     started: float = 0.0  # time.perf_counter() when the run was asked for: start-up counts from there
-    precision_reason: str = ""  # why the local engine's precision (TagOptions.precision_reason), for the summary
+    precision_reason: str = ""  # why the local engine's precision (TagOptions.resolve_with_reason), for the summary
 
     def labeler(self, threads: int | None = None) -> Labeler:
         """The run's Labeler, built here only: from the options resolved for this machine's device
@@ -116,8 +116,7 @@ def _file_plan(paths: list[str], output: str, opts: TagOptions, started: float) 
         outputs.check_output(output, path, opts.overwrite)
     _check_terminal(output, out_fmt, "write to a file")
     folder = model_folder(opts.model)
-    why = opts.precision_reason(folder)
-    opts = opts.resolve(folder)
+    opts, why = opts.resolve_with_reason(folder)
     spec, selection = _model(folder, opts)
     source = f"{opts.prefix}_source" if len(inputs) > 1 else None
     added = (*selection.added(), *([source] if source else []))

@@ -30,9 +30,9 @@ from emolabel.safe_write import atomic_folder, check_file_target, check_folder_t
 from emolabel.train_loop import Event, Fitted, calibrate, check_config, fit, train_amp_dtype
 from emolabel.train_resume import Checkpoints, fingerprint
 from emolabel.train_student import Student, load_student, resolve_base
-from emolabel.train_teachers import ensemble_logits, teacher_targets
+from emolabel.train_teachers import teacher_targets
 
-__all__ = ["finetune", "check_outputs", "ensemble_logits", "cpu_has_bf16"]  # bench/ imports the last two from here
+__all__ = ["finetune", "check_outputs"]
 
 
 def finetune(
